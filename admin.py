@@ -1,0 +1,373 @@
+"""Admin: adaptive model initialization for Post-LN Transformers, in one file.
+
+The problem. A Post-LN Transformer normalizes *after* each residual add,
+
+    x_i = LN(x_{i-1} + f_i(x_{i-1}))                                   (Post-LN)
+
+where i counts residual *sub-layers* (a self-attention and a feed-forward branch are two). At
+initialization the shortcut and the branch have about the same variance, so every sub-layer leans on its
+own branch f_i by about one half. A small parameter update then moves the output by an amount that
+grows with the number of sub-layers n, O(n), and deep Post-LN models diverge early in training.
+Pre-LN (x_i = x_{i-1} + f_i(LN(x_{i-1}))) trains, but it is often the weaker model when it does.
+
+The fix (Liu et al., 2020, Sec. 4). Scale each shortcut by ω_i,
+
+    x_i = LN(ω_i ⊙ x_{i-1} + f_i(x_{i-1}))                             (Admin)
+
+with ω_i chosen once, at initialization, so that the output change is O(log n) (or O(1)). Nothing else
+changes: no new hyper-parameter, and after training ω can be folded into the surrounding weights so the
+model is a plain Post-LN Transformer again (`reparameterize`).
+
+Count sub-layers, not layers: an encoder or decoder-only layer has 2, a decoder layer with
+cross-attention has 3, and each stack is counted on its own. For your own Post-LN layer:
+
+    >>> import torch, admin
+    >>> n_layers, d_model = 6, 8
+    >>> residual = admin.as_module(num_res_layers=2 * n_layers)        # ω for n = 12 sub-layers
+    >>> x, f_x = torch.randn(2, 5, d_model), torch.randn(2, 5, d_model)  # shortcut, branch output
+    >>> y = torch.nn.functional.layer_norm(residual(x, f_x), (d_model,))  # LN(ω ⊙ x + f(x))
+    >>> round(residual.omega.item(), 3)
+    2.017
+
+Or use the small causal Transformer below, profile ω on a batch, train, and fold ω away:
+
+    >>> model = admin.PostLNTransformer(admin.TransformerConfig(vocab_size=12, n_layers=4))
+    >>> omegas = admin.profile_omega(model, torch.randint(12, (8, 10)))   # one ω per sub-layer
+    >>> len(omegas), omegas[0]
+    (8, 1.0)
+    >>> plain = admin.reparameterize(model)                             # vanilla Post-LN, same logits
+
+Tensor dimensions, used in shape comments: B batch, T sequence length, C d_model, V vocab_size.
+
+Citation: Liyuan Liu, Xiaodong Liu, Jianfeng Gao, Weizhu Chen, Jiawei Han. Understanding the Difficulty
+of Training Transformers. EMNLP 2020. arXiv:2004.08249.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass, replace
+from typing import Callable, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# ---------------------------------------------------------------------------------------------------
+# 1. The value of ω
+#
+# With Var x = Var f = 1 a sub-layer depends on its own branch by β = 1/(1 + ω²), and the output change
+# after a small update is proportional to Σβ over the n + 1 terms (embedding and n sub-layers):
+# (n + 1) / (1 + ω²). Asking for that to be (n + 1)/2, ln(n + 1) or 1 gives the three formulas below.
+# ---------------------------------------------------------------------------------------------------
+
+
+def omega_linear(n: int) -> float:
+    """O(n) output change: ω = 1, i.e. plain Post-LN."""
+    return 1.0
+
+
+def omega_logarithmic(n: int) -> float:
+    """O(log n) output change (the default): ω = sqrt((n + 1) / ln(n + 1) − 1)."""
+    return math.sqrt((n + 1) / math.log(n + 1) - 1)
+
+
+def omega_constant(n: int) -> float:
+    """O(1) output change: ω = sqrt(n)."""
+    return math.sqrt(n)
+
+
+OMEGA_FORMULAS: dict[str, Callable[[int], float]] = {
+    "O(n)": omega_linear,
+    "O(logn)": omega_logarithmic,
+    "default": omega_logarithmic,
+    "O(1)": omega_constant,
+}
+
+
+def calculate_init(num_res_layers: int, output_change_scale: str = "O(logn)") -> float:
+    """ω for a stack of `num_res_layers` residual sub-layers (N = 2 × layers for attention + FFN).
+
+    output_change_scale: "O(n)" (ω = 1), "O(logn)" or "default" (ω = sqrt((N+1)/ln(N+1) − 1)),
+    or "O(1)" (ω = sqrt(N)). The same values as the admin-torch 0.1.0 package.
+    """
+    if isinstance(num_res_layers, bool) or not isinstance(num_res_layers, numbers.Integral):
+        raise ValueError(f"num_res_layers must be an integer >= 1 (residual sub-layers, e.g. "
+                         f"2 * n_layers), got {num_res_layers!r}")
+    if num_res_layers < 1:
+        raise ValueError(f"num_res_layers must be >= 1 (residual sub-layers), got {num_res_layers}")
+    if output_change_scale not in OMEGA_FORMULAS:
+        raise ValueError(f"output_change_scale must be one of {sorted(OMEGA_FORMULAS)}, "
+                         f"got {output_change_scale!r}")
+    return OMEGA_FORMULAS[output_change_scale](int(num_res_layers))
+
+
+# ---------------------------------------------------------------------------------------------------
+# 2. The ω residual: the shortcut of one sub-layer
+# ---------------------------------------------------------------------------------------------------
+
+
+class OmegaResidual(nn.Module):
+    """The Admin shortcut ω_i ⊙ x_{i-1} + f_i(x_{i-1}); the LayerNorm that follows is the caller's.
+
+    init_value: ω_i at initialization. as_parameter: False keeps ω a fixed scalar buffer (shape (1,));
+    True makes it a trainable vector with one entry per feature, as the paper trains it, and then
+    embed_dim (C) is required.
+    """
+
+    def __init__(self, init_value: float, as_parameter: bool = False, embed_dim: int | None = None):
+        super().__init__()
+        if as_parameter:
+            if embed_dim is None or embed_dim < 1:
+                raise ValueError(f"as_parameter=True needs embed_dim >= 1 (the feature size), "
+                                 f"got embed_dim={embed_dim!r}")
+            self.omega = nn.Parameter(torch.full((embed_dim,), float(init_value)))
+        else:
+            self.register_buffer("omega", torch.tensor([float(init_value)]))
+
+    def forward(self, x: Tensor, f_x: Tensor) -> Tensor:
+        # ω_i ⊙ x_{i-1} + f_i(x_{i-1})
+        return x * self.omega + f_x
+
+
+class PlainResidual(nn.Module):
+    """The vanilla shortcut x_{i-1} + f_i(x_{i-1}): ω = 1, and nothing stored."""
+
+    def forward(self, x: Tensor, f_x: Tensor) -> Tensor:
+        return x + f_x
+
+
+def as_module(num_res_layers: int, output_change_scale: str = "default", as_parameter: bool = False,
+              embed_dim: int | None = None) -> OmegaResidual:
+    """An OmegaResidual initialized with calculate_init(num_res_layers, output_change_scale)."""
+    omega = calculate_init(num_res_layers, output_change_scale)
+    return OmegaResidual(omega, as_parameter=as_parameter, embed_dim=embed_dim)
+
+
+def as_buffer(network: nn.Module, buffer_name: str, num_res_layers: int,
+              output_change_scale: str = "default") -> Tensor:
+    """Register ω as a fixed buffer (shape (1,)) on `network`; use it as `x * network.<name> + f_x`."""
+    omega = calculate_init(num_res_layers, output_change_scale)
+    network.register_buffer(buffer_name, torch.tensor([omega]))
+    return getattr(network, buffer_name)
+
+
+def as_parameter(network: nn.Module, parameter_name: str, num_res_layers: int, embed_dim: int,
+                 output_change_scale: str = "default") -> nn.Parameter:
+    """Register ω as a trainable vector of size embed_dim on `network`, filled with calculate_init."""
+    omega = calculate_init(num_res_layers, output_change_scale)
+    network.register_parameter(parameter_name, nn.Parameter(torch.full((embed_dim,), omega)))
+    return getattr(network, parameter_name)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 3. A small causal Transformer: Post-LN (vanilla or Admin) and the Pre-LN baseline
+# ---------------------------------------------------------------------------------------------------
+
+RESIDUALS = ("admin", "vanilla", "preln")
+
+
+@dataclass
+class TransformerConfig:
+    """Sizes and the residual kind. residual: "admin" (Post-LN with ω), "vanilla" (Post-LN, ω = 1)
+    or "preln" (Pre-LN baseline). For "admin", ω = calculate_init(2 * n_layers, output_change_scale),
+    a trainable vector per sub-layer if omega_as_parameter (the paper), else a fixed scalar."""
+
+    vocab_size: int = 16
+    max_len: int = 64
+    d_model: int = 64
+    n_heads: int = 4
+    d_ff: int = 256
+    n_layers: int = 6
+    dropout: float = 0.0
+    residual: str = "admin"
+    output_change_scale: str = "O(logn)"
+    omega_as_parameter: bool = True
+
+    def __post_init__(self):
+        for name in ("vocab_size", "max_len", "d_model", "n_heads", "d_ff", "n_layers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"n_heads={self.n_heads} must divide d_model={self.d_model}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.residual not in RESIDUALS:
+            raise ValueError(f"residual must be one of {RESIDUALS}, got {self.residual!r}")
+        calculate_init(2 * self.n_layers, self.output_change_scale)  # validates the scale name
+
+
+class SubLayer(NamedTuple):
+    """One residual sub-layer i, as the forward pass, profiling and reparameterization see it."""
+
+    branch: Callable[[Tensor], Tensor]  # f_i
+    shortcut: nn.Module  # (x, f_x) -> ω_i ⊙ x + f_x (OmegaResidual) or x + f_x (PlainResidual)
+    norm: nn.LayerNorm  # Post-LN: after the add; Pre-LN: before the branch
+    input_weight: Tensor  # the weight whose input columns read x_{i-1}: Q, K, V stacked, or linear1
+
+
+class Block(nn.Module):
+    """One layer: causal self-attention, then a ReLU feed-forward network, each a residual sub-layer.
+
+    Post-LN (residual "admin" or "vanilla"): the LayerNorm comes after the residual add, and the
+    shortcut is scaled by ω (res1, res2 are OmegaResidual for Admin, PlainResidual for vanilla).
+    Pre-LN ("preln"): the LayerNorm comes before the branch. Submodule names follow
+    torch.nn.TransformerEncoderLayer, so a vanilla block's state_dict loads into one unchanged.
+    """
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        C, p = config.d_model, config.dropout
+        self.self_attn = nn.MultiheadAttention(C, config.n_heads, dropout=p, batch_first=True)
+        self.linear1, self.linear2 = nn.Linear(C, config.d_ff), nn.Linear(config.d_ff, C)
+        self.norm1, self.norm2 = nn.LayerNorm(C), nn.LayerNorm(C)
+        self.dropout, self.dropout1, self.dropout2 = nn.Dropout(p), nn.Dropout(p), nn.Dropout(p)
+        self.norm_first = config.residual == "preln"
+        if config.residual == "admin":
+            omega = calculate_init(2 * config.n_layers, config.output_change_scale)
+            self.res1, self.res2 = (OmegaResidual(omega, config.omega_as_parameter, C) for _ in "12")
+        else:
+            self.res1, self.res2 = PlainResidual(), PlainResidual()
+
+    def attention(self, x: Tensor) -> Tensor:
+        T = x.size(1)
+        future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)  # (T, T), True = hidden
+        out = self.self_attn(x, x, x, attn_mask=future, is_causal=True, need_weights=False)[0]
+        return self.dropout1(out)  # (B, T, C)
+
+    def feed_forward(self, x: Tensor) -> Tensor:
+        return self.dropout2(self.linear2(self.dropout(F.relu(self.linear1(x)))))  # (B, T, C)
+
+    def sublayers(self) -> list[SubLayer]:
+        return [SubLayer(self.attention, self.res1, self.norm1, self.self_attn.in_proj_weight),
+                SubLayer(self.feed_forward, self.res2, self.norm2, self.linear1.weight)]
+
+    def forward(self, x: Tensor) -> Tensor:
+        for s in self.sublayers():
+            if self.norm_first:
+                # Pre-LN: x_i = x_{i-1} + f_i(LN(x_{i-1}))
+                x = x + s.branch(s.norm(x))
+            else:
+                # Post-LN: x_i = LN(ω_i ⊙ x_{i-1} + f_i(x_{i-1}))   (vanilla: ω_i = 1)
+                x = s.norm(s.shortcut(x, s.branch(x)))
+        return x
+
+
+class PostLNTransformer(nn.Module):
+    """A small causal language model: token + learned position embeddings, n_layers Blocks, and a
+    linear head. forward(idx (B, T) of token ids) returns logits (B, T, V), batch first.
+
+    Linear maps (Q, K and V each on its own) start Xavier-uniform with zero biases, as in the paper's
+    setup; with PyTorch's smaller default init the branches are weak and the depth effect is muted.
+    """
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
+        self.pos_emb = nn.Embedding(config.max_len, config.d_model)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.final_norm = nn.LayerNorm(config.d_model) if config.residual == "preln" else nn.Identity()
+        self.head = nn.Linear(config.d_model, config.vocab_size)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.MultiheadAttention):
+                for w in module.in_proj_weight.chunk(3):  # Q, K, V: (C, C) each
+                    nn.init.xavier_uniform_(w)
+
+    def sublayers(self) -> list[SubLayer]:
+        """All residual sub-layers in order: i = 1 … 2 * n_layers."""
+        return [s for block in self.blocks for s in block.sublayers()]
+
+    def embed(self, idx: Tensor) -> Tensor:
+        """x_0 = token embedding + position embedding, (B, T) -> (B, T, C)."""
+        T = idx.size(1)
+        if T > self.config.max_len:
+            raise ValueError(f"sequence length {T} exceeds max_len={self.config.max_len}")
+        return self.tok_emb(idx) + self.pos_emb(torch.arange(T, device=idx.device))
+
+    def forward(self, idx: Tensor) -> Tensor:
+        x = self.embed(idx)  # (B, T, C)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.final_norm(x))  # (B, T, V)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 4. Profiled ω: the paper's adaptive initialization from one forward pass
+# ---------------------------------------------------------------------------------------------------
+
+
+def _require_admin(model: nn.Module, what: str) -> None:
+    residual = getattr(getattr(model, "config", None), "residual", None)
+    if not isinstance(model, PostLNTransformer) or residual != "admin":
+        raise ValueError(f"{what} needs a PostLNTransformer with residual='admin', "
+                         f"got {type(model).__name__} with residual={residual!r}")
+
+
+@torch.no_grad()
+def profile_omega(model: PostLNTransformer, batch: Tensor) -> list[float]:
+    """Set ω from one forward pass on `batch` (B, T) and return it, one value per sub-layer.
+
+    Walking the sub-layers in order with a running ratio r that starts at 1:
+        ω_i = r,   then   r ← sqrt(Var[ω_i ⊙ x_{i-1}] + Var[f_i(x_{i-1})]),
+    variances over all elements (population variance). Since x_{i-1} is a LayerNorm output,
+    ω_i² ≈ Var[x_0] + Σ_{j<i} Var[f_j]: each ω grows by the variance the earlier branches add.
+    Dropout is off while profiling (it would inflate Var f); the train/eval mode is restored.
+    """
+    _require_admin(model, "profile_omega")
+    was_training = model.training
+    model.eval()
+    try:
+        omegas, r = [], 1.0
+        x = model.embed(batch)  # x_0: (B, T, C)
+        for s in model.sublayers():
+            s.shortcut.omega.fill_(r)  # ω_i = r
+            f_x = s.branch(x)
+            # r ← sqrt(Var[ω_i ⊙ x_{i-1}] + Var[f_i(x_{i-1})])
+            r_next = math.sqrt(torch.var(r * x, correction=0).item()
+                               + torch.var(f_x, correction=0).item())
+            x = s.norm(s.shortcut(x, f_x))
+            omegas.append(r)
+            r = r_next
+        return omegas
+    finally:
+        model.train(was_training)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 5. Reparameterization: fold ω away, back to a plain Post-LN Transformer
+# ---------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def reparameterize(model: PostLNTransformer) -> PostLNTransformer:
+    """A new "vanilla" model, with no ω, whose logits equal the Admin model's. `model` is unchanged.
+
+    x_{i-1} is made by a LayerNorm, γ ⊙ n + β (or, for i = 1, by the embedding tables), and read only
+    by sub-layer i. So ω_i ⊙ x_{i-1} is what that producer makes with γ' = ω_i ⊙ γ, β' = ω_i ⊙ β; the
+    branch still sees x_{i-1} if every linear map reading it divides its input columns by ω_i:
+    W' = W · diag(1/ω_i). Biases and LayerNorm's eps are untouched, so the fold is exact.
+    """
+    _require_admin(model, "reparameterize")
+    omega_keys = {f"{name}.omega" for name, m in model.named_modules() if isinstance(m, OmegaResidual)}
+    with torch.device("meta"):  # no memory and no random numbers spent on a throw-away init
+        plain = PostLNTransformer(replace(model.config, residual="vanilla"))
+    state = {k: v.clone() for k, v in model.state_dict().items() if k not in omega_keys}
+    plain.load_state_dict(state, strict=True, assign=True)
+    plain.train(model.training)
+
+    producers = [(plain.tok_emb.weight, plain.pos_emb.weight)]
+    producers += [(s.norm.weight, s.norm.bias) for s in plain.sublayers()[:-1]]
+    for i, (old, new, made_by) in enumerate(zip(model.sublayers(), plain.sublayers(), producers), 1):
+        omega = old.shortcut.omega.expand(model.config.d_model)  # (C,), scalar ω broadcast
+        if (omega == 0).any():
+            raise ValueError(f"cannot fold sub-layer {i}: its ω has a zero entry (ω must be non-zero)")
+        for tensor in made_by:
+            tensor.mul_(omega)  # the producer now outputs ω_i ⊙ x_{i-1}
+        new.input_weight.div_(omega)  # W' = W · diag(1/ω_i), broadcast over the rows
+    return plain

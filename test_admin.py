@@ -1,0 +1,383 @@
+"""Property tests for admin.py: every equation the file states, checked by a second computation."""
+
+import doctest
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import admin
+
+ROOT = Path(__file__).parent
+FAST = settings(max_examples=20, deadline=None)
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a − b| / max |b|: one number for 'how far apart', robust to the scale of the logits."""
+    return (a - b).abs().max().item() / max(b.abs().max().item(), 1e-300)
+
+
+def tiny_config(**overrides) -> admin.TransformerConfig:
+    base = dict(vocab_size=11, max_len=16, d_model=8, n_heads=2, d_ff=16, n_layers=2)
+    return admin.TransformerConfig(**{**base, **overrides})
+
+
+def randomize_omegas(model: admin.PostLNTransformer, gen: torch.Generator, lo=0.2, hi=5.0) -> None:
+    """Give every ω random positive entries, so tests do not lean on the initial constant."""
+    with torch.no_grad():
+        for s in model.sublayers():
+            omega = s.shortcut.omega
+            omega.copy_(lo + (hi - lo) * torch.rand(omega.shape, generator=gen, dtype=omega.dtype))
+
+
+# ---------------------------------------------------------------------------------------------------
+# 1. ω formulas
+# ---------------------------------------------------------------------------------------------------
+
+def test_calculate_init_matches_the_three_formulas_for_n_1_to_10000():
+    for n in range(1, 10_001):
+        # The formulas written a second way: exp/log for the square root, log1p for ln(n + 1).
+        expected = {"O(n)": 1.0,
+                    "O(logn)": math.exp(0.5 * math.log((n + 1) / math.log1p(n) - 1)),
+                    "O(1)": math.exp(0.5 * math.log(n))}
+        expected["default"] = expected["O(logn)"]
+        for scale, value in expected.items():
+            got = admin.calculate_init(n, scale)
+            assert isinstance(got, float), f"calculate_init({n}, {scale}) is a {type(got).__name__}"
+            assert math.isclose(got, value, rel_tol=1e-12), f"ω({n}, {scale}) = {got}, want {value}"
+            assert got >= 1.0, f"ω({n}, {scale}) = {got} < 1"
+
+
+def test_calculate_init_matches_published_examples():
+    # Values quoted for the admin-torch package (N = 12 and N = 96 residual sub-layers).
+    assert round(admin.calculate_init(12), 3) == 2.017
+    assert round(admin.calculate_init(12, "O(1)"), 3) == 3.464
+    assert round(admin.calculate_init(96), 3) == 4.495
+    assert round(admin.calculate_init(96, "O(1)"), 3) == 9.798
+
+
+def test_log_scale_increases_and_grows_slower_than_constant_scale():
+    log = [admin.calculate_init(n, "O(logn)") for n in range(1, 5001)]
+    const = [admin.calculate_init(n, "O(1)") for n in range(1, 5001)]
+    # y / ln y falls until y = e, so with y = N + 1 the O(logn) ω dips once, from N = 1 to N = 2
+    # (1.373 → 1.316), and increases from there on.
+    assert log[0] > log[1], "expected the dip from N = 1 to N = 2"
+    assert all(a < b for a, b in zip(log[1:], log[2:])), "O(logn) ω is not increasing for N >= 2"
+    ratios = [a / b for a, b in zip(log, const)]
+    assert all(a > b for a, b in zip(ratios, ratios[1:])), "ω_log / ω_const is not decreasing"
+    # At N = 1 the log formula gives sqrt(2/ln 2 − 1) ≈ 1.37 > 1; from N = 2 on it is the smaller.
+    assert all(a < b for a, b in zip(log[1:], const[1:]))
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, 12.0, "12", None, True])
+def test_calculate_init_rejects_bad_layer_counts(bad):
+    with pytest.raises(ValueError, match=re.escape(repr(bad)) + "|>= 1"):
+        admin.calculate_init(bad)
+
+
+def test_calculate_init_rejects_unknown_scale():
+    with pytest.raises(ValueError, match=r"'O\(log n\)'.*|O\(logn\)"):
+        admin.calculate_init(12, "O(log n)")
+
+
+# ---------------------------------------------------------------------------------------------------
+# 2. The ω residual and the admin-torch compatible helpers
+# ---------------------------------------------------------------------------------------------------
+
+@FAST
+@given(shape=st.tuples(st.integers(1, 3), st.integers(1, 5), st.integers(1, 8)),
+       omega=st.floats(0.1, 20.0), as_param=st.booleans(), seed=st.integers(0, 2**16))
+def test_omega_residual_is_the_displayed_equation(shape, omega, as_param, seed):
+    gen = torch.Generator().manual_seed(seed)
+    x, f_x = (torch.randn(shape, generator=gen, dtype=torch.float64) for _ in range(2))
+    res = admin.OmegaResidual(omega, as_parameter=as_param, embed_dim=shape[-1]).double()
+    w = res.omega.detach().expand(shape[-1])  # ω as stored (rounded to float32, then widened)
+    assert torch.allclose(w, torch.tensor(omega, dtype=torch.float64), rtol=1e-7)
+    expected = torch.empty_like(x)
+    for idx in torch.cartesian_prod(*(torch.arange(d) for d in shape)).reshape(-1, 3).tolist():
+        i = tuple(idx)
+        expected[i] = w[i[-1]].item() * x[i].item() + f_x[i].item()
+    assert rel_err(res(x, f_x).detach(), expected) <= 1e-15, "OmegaResidual != ω·x + f_x"
+
+
+def test_omega_residual_with_omega_one_is_the_plain_sum():
+    x, f_x = torch.randn(2, 3, 4), torch.randn(2, 3, 4)
+    for res in (admin.OmegaResidual(1.0), admin.OmegaResidual(1.0, as_parameter=True, embed_dim=4)):
+        assert torch.equal(res(x, f_x), x + f_x)
+    assert torch.equal(admin.PlainResidual()(x, f_x), x + f_x)
+
+
+def test_omega_storage_buffer_scalar_or_trainable_vector():
+    buf = admin.OmegaResidual(2.0)
+    assert [n for n, _ in buf.named_buffers()] == ["omega"] and not list(buf.parameters())
+    assert buf.omega.shape == (1,)
+    vec = admin.OmegaResidual(2.0, as_parameter=True, embed_dim=5)
+    assert vec.omega.shape == (5,) and vec.omega.requires_grad
+    assert torch.all(vec.omega == 2.0)
+
+
+def test_as_module_as_buffer_as_parameter():
+    n = 24
+    omega = admin.calculate_init(n)
+    assert admin.as_module(n).omega.item() == pytest.approx(omega, rel=1e-7)
+    assert admin.as_module(n, "O(1)", as_parameter=True, embed_dim=3).omega.tolist() == \
+        pytest.approx([math.sqrt(n)] * 3, rel=1e-7)
+    net = torch.nn.Module()
+    admin.as_buffer(net, "omega_attn", n)
+    admin.as_parameter(net, "omega_ffn", n, embed_dim=4, output_change_scale="O(n)")
+    assert dict(net.named_buffers())["omega_attn"].item() == pytest.approx(omega, rel=1e-7)
+    assert dict(net.named_parameters())["omega_ffn"].tolist() == [1.0] * 4
+
+
+@pytest.mark.parametrize("embed_dim", [None, 0])
+def test_trainable_omega_needs_embed_dim(embed_dim):
+    with pytest.raises(ValueError, match=f"embed_dim={embed_dim!r}"):
+        admin.OmegaResidual(2.0, as_parameter=True, embed_dim=embed_dim)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 3. The model
+# ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("field, value, words", [
+    ("n_heads", 3, "must divide d_model=8"), ("residual", "postln", "'admin', 'vanilla', 'preln'"),
+    ("n_layers", 0, "n_layers must be an integer >= 1, got 0"), ("output_change_scale", "O(n^2)", "O(n^2)"),
+    ("dropout", 1.5, "dropout must be in")])
+def test_config_rejects_bad_values(field, value, words):
+    with pytest.raises(ValueError, match=re.escape(words)):
+        tiny_config(**{field: value})
+
+
+def test_admin_with_unit_omega_equals_vanilla_with_the_same_weights():
+    torch.manual_seed(0)
+    model = admin.PostLNTransformer(tiny_config(n_layers=3)).double()
+    with torch.no_grad():
+        for s in model.sublayers():
+            s.shortcut.omega.fill_(1.0)
+    vanilla = admin.PostLNTransformer(tiny_config(n_layers=3, residual="vanilla")).double()
+    state = {k: v for k, v in model.state_dict().items() if not k.endswith(".omega")}
+    vanilla.load_state_dict(state, strict=True)
+    idx = torch.randint(11, (3, 7))
+    assert rel_err(model(idx), vanilla(idx)) <= 1e-14, "Admin(ω = 1) != vanilla Post-LN"
+
+
+def test_admin_model_omega_starts_at_the_closed_form_value():
+    cfg = tiny_config(n_layers=5)
+    model = admin.PostLNTransformer(cfg)
+    want = admin.calculate_init(2 * cfg.n_layers)  # N counts sub-layers: 2 per layer
+    for s in model.sublayers():
+        assert s.shortcut.omega.shape == (cfg.d_model,) and s.shortcut.omega.requires_grad
+        assert torch.allclose(s.shortcut.omega, torch.tensor(want)), "initial ω != calculate_init(2L)"
+    fixed = admin.PostLNTransformer(tiny_config(n_layers=5, omega_as_parameter=False))
+    assert all(s.shortcut.omega.shape == (1,) for s in fixed.sublayers())
+    assert not any("omega" in name for name, _ in fixed.named_parameters())
+
+
+def test_model_is_causal_a_future_token_does_not_change_earlier_logits():
+    for residual in admin.RESIDUALS:
+        model = admin.PostLNTransformer(tiny_config(residual=residual)).double()
+        idx = torch.randint(11, (2, 9))
+        changed = idx.clone()
+        changed[:, 6] = (idx[:, 6] + 1) % 11
+        a, b = model(idx), model(changed)
+        assert rel_err(a[:, :6], b[:, :6]) <= 1e-13, f"{residual}: position 6 leaked into 0..5"
+        assert rel_err(a[:, 6:], b[:, 6:]) > 1e-6, f"{residual}: position 6 had no effect at all"
+
+
+def test_preln_block_is_pytorch_norm_first_layer():
+    model = admin.PostLNTransformer(tiny_config(residual="preln")).double().eval()
+    layer = torch.nn.TransformerEncoderLayer(8, 2, 16, 0.0, batch_first=True, norm_first=True)
+    layer = layer.double().eval()
+    layer.load_state_dict(model.blocks[0].state_dict(), strict=True)
+    x = torch.randn(2, 6, 8, dtype=torch.float64)
+    mask = torch.nn.Transformer.generate_square_subsequent_mask(6, dtype=torch.float64)
+    assert rel_err(model.blocks[0](x), layer(x, src_mask=mask, is_causal=True)) <= 1e-12
+
+
+def test_sequence_longer_than_max_len_is_rejected():
+    model = admin.PostLNTransformer(tiny_config())
+    with pytest.raises(ValueError, match="sequence length 17 exceeds max_len=16"):
+        model(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_bfloat16_autocast_forward_and_backward_stay_finite_and_close_to_float32():
+    torch.manual_seed(0)
+    model = admin.PostLNTransformer(tiny_config(n_layers=4, d_model=32, d_ff=64))
+    idx = torch.randint(11, (4, 12))
+    ref = model(idx)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model(idx)
+        loss = low.float().logsumexp(-1).mean()
+    loss.backward()
+    assert low.dtype == torch.bfloat16
+    assert torch.isfinite(low).all(), "bf16 logits not finite"
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters()), "bf16 grads not finite"
+    # bf16 keeps 8 mantissa bits (relative step 2^-8 ≈ 0.4%); four layers of it stay within a few %.
+    assert rel_err(low.float(), ref) <= 0.05, "bf16 logits far from float32"
+
+
+# ---------------------------------------------------------------------------------------------------
+# 4. Profiling
+# ---------------------------------------------------------------------------------------------------
+
+def test_profiled_omega_follows_the_recurrence_on_the_same_pass():
+    torch.manual_seed(1)
+    cfg = tiny_config(n_layers=4, d_model=16, d_ff=32, dropout=0.3)
+    model = admin.PostLNTransformer(cfg).double().train()
+    batch = torch.randint(11, (6, 10))
+    omegas = admin.profile_omega(model, batch)
+    assert model.training, "profile_omega did not restore train mode"
+    assert len(omegas) == 2 * cfg.n_layers and omegas[0] == 1.0
+    assert all(p.grad is None for p in model.parameters())
+
+    # Capture (x_{i-1}, f_i(x_{i-1})) at every shortcut in an ordinary eval pass with the profiled ω:
+    # ω_i only affects x_i onwards, so this pass sees the same tensors as profiling did.
+    seen = []
+    hooks = [s.shortcut.register_forward_hook(lambda m, args, out: seen.append(args))
+             for s in model.sublayers()]
+    model.eval()(batch)
+    for h in hooks:
+        h.remove()
+    for i, ((x, f_x), omega) in enumerate(zip(seen, omegas)):
+        stored = model.sublayers()[i].shortcut.omega
+        assert torch.all(stored == omega), f"ω_{i + 1} stored on the model != returned value"
+        if i + 1 < len(omegas):
+            want_sq = (omega * x).var(correction=0).item() + f_x.var(correction=0).item()
+            assert math.isclose(omegas[i + 1] ** 2, want_sq, rel_tol=1e-10), f"ω_{i + 2}² recurrence"
+
+    # The paper's closed reading: ω_i² ≈ Var[x_0] + Σ_{j<i} Var[f_j] (LayerNorm outputs have Var ≈ 1).
+    var_x0 = seen[0][0].var(correction=0).item()
+    for i in range(1, len(omegas)):
+        approx = var_x0 + sum(f.var(correction=0).item() for _, f in seen[:i])
+        assert math.isclose(omegas[i] ** 2, approx, rel_tol=1e-3), f"ω_{i + 1}² vs Σ Var f"
+
+
+def test_profiling_is_deterministic_with_dropout_and_restores_eval_mode():
+    torch.manual_seed(2)
+    model = admin.PostLNTransformer(tiny_config(dropout=0.5)).train()
+    batch = torch.randint(11, (4, 8))
+    assert admin.profile_omega(model, batch) == admin.profile_omega(model, batch)
+    model.eval()
+    admin.profile_omega(model, batch)
+    assert not model.training
+
+
+@pytest.mark.parametrize("residual", ["vanilla", "preln"])
+def test_profile_and_reparameterize_need_an_admin_model(residual):
+    model = admin.PostLNTransformer(tiny_config(residual=residual))
+    for fn in (admin.profile_omega, admin.reparameterize):
+        with pytest.raises(ValueError, match=f"residual='admin'.*residual='{residual}'"):
+            fn(model, torch.zeros(1, 3, dtype=torch.long)) if fn is admin.profile_omega else fn(model)
+    with pytest.raises(ValueError, match="got Linear"):
+        admin.reparameterize(torch.nn.Linear(2, 2))
+
+
+# ---------------------------------------------------------------------------------------------------
+# 5. Reparameterization
+# ---------------------------------------------------------------------------------------------------
+
+configs = st.builds(
+    lambda layers, heads, head_dim, d_ff, as_param: tiny_config(
+        n_layers=layers, n_heads=heads, d_model=heads * head_dim, d_ff=d_ff, omega_as_parameter=as_param),
+    layers=st.integers(1, 6), heads=st.integers(1, 3), head_dim=st.integers(1, 4),
+    d_ff=st.integers(1, 24), as_param=st.booleans())
+
+
+def check_reparameterization(model, idx, tol):
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    plain = admin.reparameterize(model)
+    assert plain.config.residual == "vanilla"
+    assert not any("omega" in k for k in plain.state_dict()), "ω left in the folded state_dict"
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "input changed"
+    with torch.no_grad():
+        err = rel_err(plain(idx), model(idx))
+    assert err <= tol, f"reparameterized logits differ: relative error {err:.2e} > {tol:.0e}"
+    return plain
+
+
+@FAST
+@given(cfg=configs, batch=st.integers(1, 3), length=st.integers(1, 8), seed=st.integers(0, 2**16))
+def test_reparameterized_model_has_the_same_logits_float64(cfg, batch, length, seed):
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = admin.PostLNTransformer(cfg).double()
+    randomize_omegas(model, gen)
+    check_reparameterization(model, torch.randint(11, (batch, length), generator=gen), tol=1e-10)
+
+
+@FAST
+@given(cfg=configs, seed=st.integers(0, 2**16))
+def test_reparameterized_model_has_the_same_logits_float32(cfg, seed):
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = admin.PostLNTransformer(cfg)
+    randomize_omegas(model, gen)
+    check_reparameterization(model, torch.randint(11, (2, 7), generator=gen), tol=1e-5)
+
+
+def test_reparameterization_after_real_training_steps():
+    torch.manual_seed(3)
+    model = admin.PostLNTransformer(tiny_config(n_layers=3, d_model=16, d_ff=32)).double()
+    admin.profile_omega(model, torch.randint(11, (8, 10)))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(5):
+        idx = torch.randint(11, (8, 10))
+        loss = torch.nn.functional.cross_entropy(model(idx[:, :-1]).flatten(0, 1), idx[:, 1:].flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    omegas = torch.stack([s.shortcut.omega for s in model.sublayers()])
+    assert omegas.std(dim=1).min() > 0, "training did not make ω a non-constant vector"
+    check_reparameterization(model, torch.randint(11, (4, 10)), tol=1e-10)
+
+
+def test_reparameterized_blocks_are_pytorch_transformer_encoder_layers():
+    torch.manual_seed(4)
+    cfg = tiny_config(n_layers=3, d_model=12, n_heads=3, d_ff=20)
+    model = admin.PostLNTransformer(cfg).double()
+    randomize_omegas(model, torch.Generator().manual_seed(4))
+    plain = admin.reparameterize(model)
+    x = torch.randn(2, 7, 12, dtype=torch.float64)
+    mask = torch.nn.Transformer.generate_square_subsequent_mask(7, dtype=torch.float64)
+    for train in (True, False):
+        plain.train(train)
+        for i, block in enumerate(plain.blocks):
+            layer = torch.nn.TransformerEncoderLayer(cfg.d_model, cfg.n_heads, cfg.d_ff, cfg.dropout,
+                                                     batch_first=True, norm_first=False).double()
+            layer.load_state_dict(block.state_dict(), strict=True)
+            layer.train(train)
+            err = rel_err(block(x), layer(x, src_mask=mask, is_causal=True))
+            assert err <= 1e-12, f"block {i} (train={train}) != nn.TransformerEncoderLayer: {err:.1e}"
+
+
+def test_reparameterize_rejects_a_zero_omega():
+    model = admin.PostLNTransformer(tiny_config())
+    with torch.no_grad():
+        model.sublayers()[2].shortcut.omega[3] = 0.0
+    with pytest.raises(ValueError, match="sub-layer 3"):
+        admin.reparameterize(model)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 6. The examples in the docs run
+# ---------------------------------------------------------------------------------------------------
+
+def test_module_docstring_examples_run():
+    result = doctest.testmod(admin, optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 5 and result.failed == 0, result
+
+
+def python_blocks(path: Path) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.S)
+
+
+def test_readme_python_examples_run():
+    blocks = python_blocks(ROOT / "README.md")
+    assert blocks, "README.md has no ```python example"
+    namespace = {}
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), namespace)
