@@ -208,19 +208,40 @@ class SubLayer(NamedTuple):
     input_weight: Tensor  # the weight whose input columns read x_{i-1}: Q, K, V stacked, or linear1
 
 
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention. Its parameters are named as in nn.MultiheadAttention
+    (in_proj_weight holds W_Q, W_K, W_V stacked, (3C, C)), so its state_dict loads into one."""
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.n_heads, self.dropout = n_heads, dropout
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * d_model, d_model))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * d_model))
+        self.out_proj = nn.Linear(d_model, d_model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, T, C = x.shape
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # (B, T, 3C)
+        q, k, v = qkv.view(B, T, 3, self.n_heads, C // self.n_heads).permute(2, 0, 3, 1, 4)  # (B, H, T, C/H)
+        # softmax(q kᵀ / sqrt(C/H) + causal mask) v, each position attending to itself and the past
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.out_proj(y.transpose(1, 2).reshape(B, T, C))  # (B, T, C)
+
+
 class Block(nn.Module):
     """One layer: causal self-attention, then a ReLU feed-forward network, each a residual sub-layer.
 
     Post-LN (residual "admin" or "vanilla"): the LayerNorm comes after the residual add, and the
     shortcut is scaled by ω (res1, res2 are OmegaResidual for Admin, PlainResidual for vanilla).
-    Pre-LN ("preln"): the LayerNorm comes before the branch. Submodule names follow
+    Pre-LN ("preln"): the LayerNorm comes before the branch. Submodule and parameter names follow
     torch.nn.TransformerEncoderLayer, so a vanilla block's state_dict loads into one unchanged.
     """
 
     def __init__(self, config: TransformerConfig):
         super().__init__()
         C, p = config.d_model, config.dropout
-        self.self_attn = nn.MultiheadAttention(C, config.n_heads, dropout=p, batch_first=True)
+        self.self_attn = CausalSelfAttention(C, config.n_heads, p)
         self.linear1, self.linear2 = nn.Linear(C, config.d_ff), nn.Linear(config.d_ff, C)
         self.norm1, self.norm2 = nn.LayerNorm(C), nn.LayerNorm(C)
         self.dropout, self.dropout1, self.dropout2 = nn.Dropout(p), nn.Dropout(p), nn.Dropout(p)
@@ -232,10 +253,7 @@ class Block(nn.Module):
             self.res1, self.res2 = PlainResidual(), PlainResidual()
 
     def attention(self, x: Tensor) -> Tensor:
-        T = x.size(1)
-        future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)  # (T, T), True = hidden
-        out = self.self_attn(x, x, x, attn_mask=future, is_causal=True, need_weights=False)[0]
-        return self.dropout1(out)  # (B, T, C)
+        return self.dropout1(self.self_attn(x))  # (B, T, C)
 
     def feed_forward(self, x: Tensor) -> Tensor:
         return self.dropout2(self.linear2(self.dropout(F.relu(self.linear1(x)))))  # (B, T, C)
@@ -275,7 +293,7 @@ class PostLNTransformer(nn.Module):
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.MultiheadAttention):
+            elif isinstance(module, CausalSelfAttention):
                 for w in module.in_proj_weight.chunk(3):  # Q, K, V: (C, C) each
                     nn.init.xavier_uniform_(w)
 

@@ -1,0 +1,529 @@
+"""The depth demo: deep vanilla Post-LN fails on a toy task, the same model with Admin learns it.
+
+    python train_toy.py --layers 48        # vanilla Post-LN vs Admin, 48 layers (96 sub-layers)
+    python train_toy.py --layers 6         # both learn: the failure is a matter of depth
+    python train_toy.py --measure          # the amplification effect itself, no training
+
+Every arm trains the same admin.PostLNTransformer (same initial weights: ω adds no random draws), on the
+same batches, with the same optimizer and schedule; only the residual differs:
+    vanilla  x_i = LN(x_{i-1} + f_i(x_{i-1}))           Post-LN
+    admin    x_i = LN(ω_i ⊙ x_{i-1} + f_i(x_{i-1}))     Post-LN, ω = admin.calculate_init(2 * layers)
+    preln    x_i = x_{i-1} + f_i(LN(x_{i-1}))           Pre-LN baseline (optional arm)
+
+The task, a worked example (--task reverse --digits 4). Tokens 0-9 are digits, 10 is the separator "|":
+    digits     3 1 4 1
+    sequence   3 1 4 1 | 1 4 1 3                        (copy: 3 1 4 1 | 3 1 4 1)
+    input      3 1 4 1 | 1 4 1                          the sequence without its last token
+    target     - - - - 1 4 1 3                          the next token; "-" = ignore_index (prompt)
+The loss covers only the answer. Accuracy is exact match of whole answers on a held-out set whose
+digit strings are never drawn for training. It is measured by one teacher-forced pass: every answer
+token is the argmax given the true earlier ones exactly when greedy decoding reproduces the answer.
+
+Optimizer: Adam, β = (0.9, 0.98) as in the paper's recipes, linear warm-up to --lr, then constant; no
+gradient clipping (it would hide the instability this demo is about).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+import admin
+
+SEP, VOCAB, IGNORE = 10, 11, -100
+ARMS = ("vanilla", "admin", "preln")
+TASKS = ("reverse", "copy")
+TASK_VERBS = {"reverse": "reversed", "copy": "copied"}
+CHANCE_LOSS = math.log(10)  # cross-entropy of a uniform guess over the ten digits
+SOLVED, SOLVED_EVALS = 0.99, 3  # stop an arm early once it held 99% for three evaluations
+
+
+# ---------------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------------
+
+
+def digit_strings(n: int, digits: int, gen: torch.Generator) -> torch.Tensor:
+    return torch.randint(10, (n, digits), generator=gen)  # (n, digits)
+
+
+def string_codes(strings: torch.Tensor) -> torch.Tensor:
+    """Each digit string as one integer, for set membership (digits <= 16 fits in int64)."""
+    powers = 10 ** torch.arange(strings.size(1), dtype=torch.long)
+    return (strings * powers).sum(1)
+
+
+def to_example(strings: torch.Tensor, task: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Digit strings (n, D) -> model input (n, 2D) and target (n, 2D), as in the module docstring."""
+    answer = strings.flip(1) if task == "reverse" else strings
+    sep = torch.full((strings.size(0), 1), SEP)
+    sequence = torch.cat([strings, sep, answer], 1)  # (n, 2D + 1)
+    target = sequence[:, 1:].clone()
+    target[:, : strings.size(1)] = IGNORE  # the prompt and the separator are not asked for
+    return sequence[:, :-1], target  # (n, 2D), (n, 2D)
+
+
+class ToyData:
+    """A fixed held-out set, and training batches that never contain a held-out string."""
+
+    def __init__(self, task: str, digits: int, batch_size: int, seed: int):
+        self.task, self.digits, self.batch_size = task, digits, batch_size
+        self.gen = torch.Generator().manual_seed(seed)
+        n_eval = min(500, 10**digits // 5)
+        held_out = torch.unique(string_codes(digit_strings(4 * n_eval, digits, self.gen)))[:n_eval]
+        self.held_out_codes = held_out
+        strings = torch.stack([(held_out // 10**k) % 10 for k in range(digits)], 1)  # decode codes
+        self.eval_input, self.eval_target = to_example(strings, task)
+
+    def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        strings = digit_strings(self.batch_size, self.digits, self.gen)
+        clash = torch.isin(string_codes(strings), self.held_out_codes)
+        while clash.any():  # redraw the rows that hit the held-out set
+            strings[clash] = digit_strings(int(clash.sum()), self.digits, self.gen)
+            clash = torch.isin(string_codes(strings), self.held_out_codes)
+        return to_example(strings, self.task)
+
+
+def describe(inp: torch.Tensor, target: torch.Tensor, pred: torch.Tensor, task: str) -> str:
+    digits = inp.size(0) // 2
+    asked = " ".join(map(str, inp[:digits].tolist()))
+    want = " ".join(map(str, target[digits:].tolist()))
+    got = " ".join(map(str, pred[digits:].tolist()))
+    mark = "ok" if want == got else "wrong"
+    return f"{TASK_VERBS[task]} {asked} -> expected {want}, got {got} ({mark})"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training one arm
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ArmResult:
+    arm: str
+    history: list = field(default_factory=list)  # [step, held-out loss, accuracy]
+    steps: int = 0
+    diverged_at: int | None = None
+    last_finite_loss: float | None = None
+    seconds: float = 0.0
+    step_ms: float = float("nan")  # median training-step time
+    infer_ms: float = float("nan")  # median forward time on one batch, no grad
+    examples: list = field(default_factory=list)
+    interrupted: bool = False
+    model: admin.PostLNTransformer | None = None
+
+    @property
+    def final_loss(self) -> float:
+        return self.history[-1][1] if self.history else float("nan")
+
+    @property
+    def accuracy(self) -> float:
+        return self.history[-1][2] if self.history else 0.0
+
+    @property
+    def verdict(self) -> str:
+        if self.diverged_at is not None:
+            return f"diverged at step {self.diverged_at}"
+        if self.accuracy >= SOLVED:
+            return "learned"
+        if not self.history or self.final_loss >= 0.9 * CHANCE_LOSS:
+            return "did not learn"
+        return f"partly learned ({100 * self.accuracy:.0f}%)"
+
+
+@torch.no_grad()
+def evaluate(model, data: ToyData) -> tuple[float, float, torch.Tensor]:
+    """Held-out loss, exact-match accuracy and the argmax predictions (n, 2D)."""
+    model.eval()
+    logits = model(data.eval_input)  # (n, 2D, V)
+    model.train()
+    loss = F.cross_entropy(logits.flatten(0, 1), data.eval_target.flatten(), ignore_index=IGNORE)
+    pred = logits.argmax(-1)
+    answer = data.eval_target != IGNORE
+    exact = ((pred == data.eval_target) | ~answer).all(1).float().mean()
+    return loss.item(), exact.item(), pred
+
+
+def make_model(arm: str, args, seed: int) -> admin.PostLNTransformer:
+    torch.manual_seed(seed)  # the same initial weights for every arm
+    config = admin.TransformerConfig(
+        vocab_size=VOCAB, max_len=2 * args.digits, d_model=args.d_model, n_heads=args.n_heads,
+        d_ff=4 * args.d_model, n_layers=args.layers, residual=arm)
+    return admin.PostLNTransformer(config)
+
+
+@torch.no_grad()
+def inference_ms(model, inp: torch.Tensor, repeats: int = 10) -> float:
+    model.eval()
+    times = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        model(inp)
+        times.append(time.perf_counter() - start)
+    model.train()
+    return 1000 * statistics.median(times[1:])  # the first call warms caches
+
+
+def train_arm(arm: str, args, log) -> ArmResult:
+    result = ArmResult(arm)
+    model = result.model = make_model(arm, args, args.seed)
+    data = ToyData(args.task, args.digits, args.batch_size, args.seed)  # the same batches per arm
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.98), fused=True)
+    warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, args.warmup)))
+    start, step_times, solved_evals = time.perf_counter(), [], 0
+    try:
+        for step in range(args.steps + 1):
+            if step % args.eval_every == 0 or step == args.steps:
+                loss, acc, _ = evaluate(model, data)
+                result.history.append([step, loss, acc])
+                log(f"  {arm:<8} step {step:>5}  loss {loss:7.4f}  acc {100 * acc:6.2f}%  "
+                    f"{time.perf_counter() - start:6.1f}s")
+                solved_evals = solved_evals + 1 if acc >= SOLVED else 0
+                if solved_evals >= SOLVED_EVALS:
+                    break
+            if step == args.steps:
+                break
+            inp, target = data.batch()
+            t0 = time.perf_counter()
+            logits = model(inp)  # (B, 2D, V)
+            loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=IGNORE)
+            if not math.isfinite(loss.item()):
+                result.diverged_at = step
+                log(f"  {arm} diverged at step {step}; last finite loss {result.last_finite_loss}")
+                break
+            result.last_finite_loss = loss.item()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            warmup.step()
+            step_times.append(time.perf_counter() - t0)
+            result.steps = step + 1
+    except KeyboardInterrupt:
+        result.interrupted = True
+        log(f"  {arm} interrupted at step {result.steps}")
+    result.seconds = time.perf_counter() - start
+    if step_times:
+        result.step_ms = 1000 * statistics.median(step_times)
+    if result.diverged_at is None and not result.interrupted:
+        _, _, pred = evaluate(model, data)
+        result.examples = [describe(data.eval_input[i], data.eval_target[i], pred[i], args.task)
+                           for i in range(3)]
+        result.infer_ms = inference_ms(model, inp)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------
+# --measure: the amplification effect, |F(x, W) − F(x, W*)| after one small update, against depth
+# ---------------------------------------------------------------------------------------------------
+
+
+def hidden_state(model: admin.PostLNTransformer, idx: torch.Tensor) -> torch.Tensor:
+    """F(x, W): the last layer's output, i.e. what the head reads. (B, T) -> (B, T, C)."""
+    x = model.embed(idx)
+    for block in model.blocks:
+        x = block(x)
+    return model.final_norm(x)
+
+
+@torch.no_grad()
+def output_change(model: admin.PostLNTransformer, idx: torch.Tensor, delta: float, seed: int) -> float:
+    """|F(x, W*) − F(x, W)|² / |F(x, W)|², where W* adds ±delta (random signs, drawn from `seed`)
+    to every weight matrix of every block. ω and the embeddings are not perturbed."""
+    before = hidden_state(model, idx)
+    gen = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        if name.startswith("blocks.") and p.dim() == 2:
+            signs = torch.randint(2, p.shape, generator=gen).to(p.dtype) * 2 - 1
+            p.add_(delta * signs)
+    after = hidden_state(model, idx)
+    return ((after - before).pow(2).sum() / before.pow(2).sum()).item()
+
+
+def measure(args, log) -> list[dict]:
+    rows = []
+    data = ToyData(args.task, args.digits, 16, args.seed)
+    idx, _ = data.batch()
+    for layers in args.measure:
+        for arm in args.arms:
+            changes = []
+            for r in range(args.repeats):
+                model = make_model(arm, argparse.Namespace(**{**vars(args), "layers": layers}),
+                                   args.seed + r).double()
+                changes.append(output_change(model, idx, args.delta, args.seed + r))
+            rows.append({"arm": arm, "layers": layers, "output_change": statistics.mean(changes)})
+        log("  " + "  ".join(f"{r['arm']} {r['layers']} layers: {r['output_change']:.3e}"
+                             for r in rows if r["layers"] == layers))
+    return rows
+
+
+def measure_table(rows: list[dict], arms: list[str]) -> str:
+    depths = sorted({r["layers"] for r in rows})
+    change = {(r["arm"], r["layers"]): r["output_change"] for r in rows}
+    head = f"{'layers':>6} {'sub-layers':>10}" + "".join(f" {a + ' change':>15} {'growth':>7}" for a in arms)
+    if "vanilla" in arms and "admin" in arms:
+        head += f" {'vanilla/admin':>14}"
+    lines = [head]
+    for d in depths:
+        line = f"{d:>6} {2 * d:>10}"
+        for a in arms:
+            line += f" {change[a, d]:>15.3e} {change[a, d] / change[a, depths[0]]:>6.1f}x"
+        if "vanilla" in arms and "admin" in arms:
+            line += f" {change['vanilla', d] / change['admin', d]:>13.1f}x"
+        lines.append(line)
+    growth = ", ".join(f"{a} {change[a, depths[-1]] / change[a, depths[0]]:.1f}x" for a in arms)
+    lines.append(f"From {depths[0]} to {depths[-1]} layers the output change grew: {growth}.")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reporting
+# ---------------------------------------------------------------------------------------------------
+
+
+def summary_table(results: list[ArmResult], folded_ms: float | None) -> str:
+    lines = [f"{'arm':<8} {'steps':>6} {'final loss':>10} {'accuracy':>9}  {'verdict':<26}"
+             f"{'seconds':>8} {'train ms/step':>14} {'infer ms':>9}"]
+    for r in results:
+        lines.append(f"{r.arm:<8} {r.steps:>6} {r.final_loss:>10.4f} {100 * r.accuracy:>8.2f}%  "
+                     f"{r.verdict + (' (interrupted)' if r.interrupted else ''):<26}"
+                     f"{r.seconds:>8.1f} {r.step_ms:>14.1f} {r.infer_ms:>9.2f}")
+    if folded_ms is not None:
+        lines.append(f"{'admin, ω folded away (reparameterize): a plain Post-LN model':<71}"
+                     f"{folded_ms:>24.2f}")
+    return "\n".join(lines)
+
+
+def text_plot(results: list[ArmResult], height: int = 10, width: int = 60) -> str:
+    """Held-out loss against step, one letter per arm (first letter; '*' where two overlap)."""
+    curves = {r.arm: [(s, l) for s, l, _ in r.history if math.isfinite(l)] for r in results}
+    curves = {a: c for a, c in curves.items() if c}
+    if not curves:
+        return "(nothing to plot)"
+    last = max(c[-1][0] for c in curves.values()) or 1
+    top = min(max(l for c in curves.values() for _, l in c), 3 * CHANCE_LOSS)
+    grid = [[" "] * (width + 1) for _ in range(height + 1)]
+    for arm, curve in curves.items():
+        for step, loss in curve:
+            row = height - round(min(loss, top) / top * height)  # loss 0 on the bottom row
+            col = round(step / last * width)
+            grid[row][col] = arm[0] if grid[row][col] in (" ", arm[0]) else "*"
+    lines = [f"{top * (height - i) / height:7.2f} |" + "".join(row) for i, row in enumerate(grid)]
+    lines.append(" " * 8 + "+" + "-" * (width + 1))
+    lines.append(" " * 8 + f"step 0{str(last).rjust(width - 4)}")
+    lines.append(" " * 8 + "held-out loss; " + ", ".join(f"{a[0]} = {a}" for a in curves)
+                 + f"; chance = ln 10 = {CHANCE_LOSS:.2f}")
+    return "\n".join(lines)
+
+
+def conclusion(results: list[ArmResult], layers: int) -> str:
+    by_arm = {r.arm: r for r in results}
+    v, a = by_arm.get("vanilla"), by_arm.get("admin")
+    if v is None or a is None or v.interrupted or a.interrupted:
+        return "Run the vanilla and admin arms to completion to compare them."
+    if a.verdict == "learned" and v.verdict != "learned":
+        return (f"Conclusion: at {layers} layers plain Post-LN {v.verdict}, while Admin learned the task "
+                f"from the same weights, data and optimizer: the only change is ω on the shortcut.")
+    if a.verdict == "learned" and v.verdict == "learned":
+        return (f"Conclusion: at {layers} layers both Post-LN arms learn; the failure of vanilla "
+                f"Post-LN is a matter of depth (try --layers 48).")
+    return f"Conclusion: vanilla {v.verdict}, admin {a.verdict}; see the table above."
+
+
+def result_json(r: ArmResult) -> dict:
+    return {"final_loss": r.final_loss, "accuracy": r.accuracy, "diverged": r.diverged_at is not None,
+            "diverged_at": r.diverged_at, "verdict": r.verdict, "steps": r.steps,
+            "seconds": r.seconds, "train_ms_per_step": r.step_ms, "infer_ms": r.infer_ms,
+            "interrupted": r.interrupted, "history": r.history}
+
+
+def save_plot(path: str, results: list[ArmResult] | None, rows: list[dict] | None, args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    if rows is not None:
+        for arm in args.arms:
+            pts = [(r["layers"], r["output_change"]) for r in rows if r["arm"] == arm]
+            ax.loglog([2 * d for d, _ in pts], [c for _, c in pts], "o-", label=arm)
+        ax.set_xlabel("residual sub-layers n (2 per layer)")
+        ax.set_ylabel("relative output change |ΔF|² / |F|²")
+        ax.set_title(f"Output change after a ±{args.delta:g} update of every weight")
+    else:
+        for r in results:
+            ax.plot([h[0] for h in r.history], [h[1] for h in r.history], label=f"{r.arm}: {r.verdict}")
+        ax.axhline(CHANCE_LOSS, color="grey", ls="--", lw=1, label="chance (ln 10)")
+        ax.set_xlabel("training step")
+        ax.set_ylabel("held-out loss")
+        ax.set_title(f"{args.layers}-layer models, {args.task} {args.digits} digits, seed {args.seed}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------------
+
+
+def whole(low: int, high: int | None = None):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low or (high is not None and value > high):
+            allowed = f"from {low} to {high}" if high is not None else f">= {low}"
+            raise argparse.ArgumentTypeError(f"must be a whole number {allowed}, got {text!r}")
+        return value
+    return parse
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
+def arm_list(text: str) -> list[str]:
+    arms = [a.strip() for a in text.split(",") if a.strip()]
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown or not arms or len(set(arms)) != len(arms):
+        raise argparse.ArgumentTypeError(
+            f"must be a comma-separated list of distinct arms from {', '.join(ARMS)}, got {text!r}")
+    return arms
+
+
+def depth_list(text: str) -> list[int]:
+    try:
+        depths = sorted({whole(1, 512)(d) for d in text.split(",")})
+    except argparse.ArgumentTypeError:
+        depths = []
+    if not depths:
+        raise argparse.ArgumentTypeError(
+            f"must be a comma-separated list of layer counts from 1 to 512, got {text!r}")
+    return depths
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Vanilla Post-LN vs Admin on a toy sequence task, or (--measure) the output "
+                    "change of a fresh model against depth.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--layers", type=whole(1), default=48,
+                   help="Transformer layers; each has 2 residual sub-layers, so ω uses n = 2 * layers")
+    p.add_argument("--task", choices=TASKS, default="reverse", help="what the answer is")
+    p.add_argument("--arms", type=arm_list, default=["vanilla", "admin"],
+                   help=f"comma-separated residual kinds to compare, from {', '.join(ARMS)}")
+    p.add_argument("--steps", type=whole(1), default=300,
+                   help="training budget per arm; an arm that failed always runs all of it")
+    p.add_argument("--lr", type=positive_float, default=2e-3, help="peak Adam learning rate")
+    p.add_argument("--warmup", type=whole(0), default=100, help="linear warm-up steps to --lr")
+    p.add_argument("--batch-size", type=whole(1), default=32, help="training examples per step")
+    p.add_argument("--d-model", type=whole(1), default=64, help="model width C (d_ff = 4C)")
+    p.add_argument("--n-heads", type=whole(1), default=4, help="attention heads; must divide --d-model")
+    p.add_argument("--digits", type=whole(1, 16), default=8, help="length of each digit string")
+    p.add_argument("--seed", type=whole(0), default=0,
+                   help="seeds the weights, the data and the perturbations: same seed, same numbers")
+    p.add_argument("--eval-every", type=whole(1), default=25, help="steps between held-out evaluations")
+    p.add_argument("--threads", type=whole(1), default=2, help="torch threads")
+    p.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
+    p.add_argument("--plot", metavar="PATH", help="write a PNG of the curves (needs matplotlib)")
+    p.add_argument("--measure", type=depth_list, nargs="?", const=[6, 12, 24, 48, 96], default=None,
+                   metavar="LAYERS", help="instead of training, measure the output change after a "
+                   "small update of a fresh model at these depths (comma-separated; default "
+                   "6,12,24,48,96)")
+    p.add_argument("--delta", type=positive_float, default=1e-4,
+                   help="--measure: size of the random-sign update added to every weight")
+    p.add_argument("--repeats", type=whole(1), default=3,
+                   help="--measure: models (seeds) averaged per depth and arm")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = build_parser()
+    args = p.parse_args(argv)
+    if args.d_model % args.n_heads:
+        p.error(f"argument --n-heads: must divide --d-model={args.d_model}, got {args.n_heads}")
+    for flag, path in (("--json", args.json), ("--plot", args.plot)):
+        if path is not None:
+            folder = os.path.dirname(os.path.abspath(path))
+            if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK) \
+                    or (os.path.exists(path) and not os.access(path, os.W_OK)):
+                p.error(f"argument {flag}: cannot write to {path!r} (need a writable file path)")
+    if args.plot is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            p.error("argument --plot: needs matplotlib, which is optional: pip install matplotlib")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    log = lambda line: print(line, flush=True)  # noqa: E731
+    config = {k: v for k, v in vars(args).items() if k not in ("json", "plot")}
+    config.update(device="cpu", threads=torch.get_num_threads(), torch=torch.__version__)
+    log("configuration: " + ", ".join(f"{k}={v}" for k, v in config.items()))
+    if args.measure is not None:
+        config = {k: v for k, v in config.items() if k not in ("steps", "lr", "warmup", "batch_size",
+                                                                "eval_every", "layers")}
+        log(f"output change |F(x, W*) - F(x, W)|^2 / |F(x, W)|^2, W* = W ± {args.delta:g} on every "
+            f"block weight matrix, float64, mean over {args.repeats} seeds")
+        start = time.perf_counter()
+        rows = measure(args, log)
+        log(measure_table(rows, args.arms))
+        log(f"({time.perf_counter() - start:.1f}s)")
+        out = {"config": config, "measure": {
+            "rows": rows, "output_change": "|F(x,W*)-F(x,W)|^2 / |F(x,W)|^2 of the last layer's output",
+            "update": f"+-{args.delta:g} random sign on every block weight matrix"}}
+        results = None
+    else:
+        results, start = [], time.perf_counter()
+        for arm in args.arms:
+            log(f"training {arm} ({'Post-LN, ω = %.3f' % admin.calculate_init(2 * args.layers) if arm == 'admin' else {'vanilla': 'Post-LN', 'preln': 'Pre-LN'}[arm]})")
+            results.append(train_arm(arm, args, log))
+            if results[-1].interrupted:
+                break
+        folded_ms = None
+        admin_result = next((r for r in results if r.arm == "admin" and r.examples), None)
+        if admin_result is not None:
+            plain = admin.reparameterize(admin_result.model)
+            folded_ms = inference_ms(plain, ToyData(args.task, args.digits, args.batch_size,
+                                                    args.seed).batch()[0])
+        log("\nsummary (train ms/step and infer ms are medians; infer = one forward pass of a batch)")
+        log(summary_table(results, folded_ms))
+        log("\n" + text_plot(results))
+        for r in results:
+            if r.examples:
+                log(f"\n{r.arm}, held-out examples:\n" + "\n".join("  " + e for e in r.examples))
+        log(f"\n{conclusion(results, args.layers)}  ({time.perf_counter() - start:.1f}s in all)")
+        out = {"config": config, "arms": {r.arm: result_json(r) for r in results}}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+    if args.plot:
+        save_plot(args.plot, results, out.get("measure", {}).get("rows"), args)
+        log(f"wrote {args.plot}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)
