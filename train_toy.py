@@ -19,8 +19,8 @@ The loss covers only the answer. Accuracy is exact match of whole answers on a h
 digit strings are never drawn for training. It is measured by one teacher-forced pass: every answer
 token is the argmax given the true earlier ones exactly when greedy decoding reproduces the answer.
 
-Optimizer: Adam, β = (0.9, 0.98) as in the paper's recipes, linear warm-up to --lr, then constant; no
-gradient clipping (it would hide the instability this demo is about).
+Optimizer: Adam, β = (0.9, 0.98) as in the paper's recipes; linear warm-up to --lr, then linear decay to
+zero at the end of --steps; no gradient clipping (it would hide the instability this demo is about).
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ class ToyData:
     def __init__(self, task: str, digits: int, batch_size: int, seed: int):
         self.task, self.digits, self.batch_size = task, digits, batch_size
         self.gen = torch.Generator().manual_seed(seed)
-        n_eval = min(500, 10**digits // 5)
+        n_eval = min(128, 10**digits // 5)
         held_out = torch.unique(string_codes(digit_strings(4 * n_eval, digits, self.gen)))[:n_eval]
         self.held_out_codes = held_out
         strings = torch.stack([(held_out // 10**k) % 10 for k in range(digits)], 1)  # decode codes
@@ -173,12 +173,20 @@ def inference_ms(model, inp: torch.Tensor, repeats: int = 10) -> float:
     return 1000 * statistics.median(times[1:])  # the first call warms caches
 
 
+def lr_factor(step: int, warmup: int, steps: int) -> float:
+    """The learning rate at `step` as a fraction of --lr: linear warm-up over `warmup` steps, then
+    linear decay to zero at the end of the budget (0 warm-up steps: start at the peak)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (steps - step) / max(1, steps - warmup))
+
+
 def train_arm(arm: str, args, log) -> ArmResult:
     result = ArmResult(arm)
     model = result.model = make_model(arm, args, args.seed)
     data = ToyData(args.task, args.digits, args.batch_size, args.seed)  # the same batches per arm
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.98), fused=True)
-    warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, args.warmup)))
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, args.warmup, args.steps))
     start, step_times, solved_evals = time.perf_counter(), [], 0
     try:
         for step in range(args.steps + 1):
@@ -204,7 +212,7 @@ def train_arm(arm: str, args, log) -> ArmResult:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            warmup.step()
+            schedule.step()
             step_times.append(time.perf_counter() - t0)
             result.steps = step + 1
     except KeyboardInterrupt:
@@ -430,17 +438,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", choices=TASKS, default="reverse", help="what the answer is")
     p.add_argument("--arms", type=arm_list, default=["vanilla", "admin"],
                    help=f"comma-separated residual kinds to compare, from {', '.join(ARMS)}")
-    p.add_argument("--steps", type=whole(1), default=300,
+    p.add_argument("--steps", type=whole(1), default=200,
                    help="training budget per arm; an arm that failed always runs all of it")
     p.add_argument("--lr", type=positive_float, default=2e-3, help="peak Adam learning rate")
-    p.add_argument("--warmup", type=whole(0), default=100, help="linear warm-up steps to --lr")
-    p.add_argument("--batch-size", type=whole(1), default=32, help="training examples per step")
+    p.add_argument("--warmup", type=whole(0), default=50, help="linear warm-up steps to --lr")
+    p.add_argument("--batch-size", type=whole(1), default=16, help="training examples per step")
     p.add_argument("--d-model", type=whole(1), default=64, help="model width C (d_ff = 4C)")
     p.add_argument("--n-heads", type=whole(1), default=4, help="attention heads; must divide --d-model")
-    p.add_argument("--digits", type=whole(1, 16), default=8, help="length of each digit string")
+    p.add_argument("--digits", type=whole(1, 16), default=6, help="length of each digit string")
     p.add_argument("--seed", type=whole(0), default=0,
                    help="seeds the weights, the data and the perturbations: same seed, same numbers")
-    p.add_argument("--eval-every", type=whole(1), default=25, help="steps between held-out evaluations")
+    p.add_argument("--eval-every", type=whole(1), default=20, help="steps between held-out evaluations")
     p.add_argument("--threads", type=whole(1), default=2, help="torch threads")
     p.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
     p.add_argument("--plot", metavar="PATH", help="write a PNG of the curves (needs matplotlib)")
