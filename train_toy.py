@@ -364,9 +364,11 @@ def save_plot(path: str, results: list[ArmResult] | None, rows: list[dict] | Non
         for arm in args.arms:
             pts = [(r["layers"], r["output_change"]) for r in rows if r["arm"] == arm]
             ax.loglog([2 * d for d, _ in pts], [c for _, c in pts], "o-", label=arm)
+        ax.set_xticks([2 * d for d in args.measure], [str(2 * d) for d in args.measure])
+        ax.minorticks_off()
         ax.set_xlabel("residual sub-layers n (2 per layer)")
         ax.set_ylabel("relative output change |ΔF|² / |F|²")
-        ax.set_title(f"Output change after a ±{args.delta:g} update of every weight")
+        ax.set_title(f"Output change of a fresh model after a ±{args.delta:g} update")
     else:
         for r in results:
             ax.plot([h[0] for h in r.history], [h[1] for h in r.history], label=f"{r.arm}: {r.verdict}")
@@ -488,10 +490,12 @@ def main(argv: list[str] | None = None) -> dict:
     log = lambda line: print(line, flush=True)  # noqa: E731
     config = {k: v for k, v in vars(args).items() if k not in ("json", "plot")}
     config.update(device="cpu", threads=torch.get_num_threads(), torch=torch.__version__)
+    training_only = ("layers", "steps", "lr", "warmup", "batch_size", "eval_every")
+    measure_only = ("measure", "delta", "repeats")
+    unused = training_only if args.measure is not None else measure_only
+    config = {k: v for k, v in config.items() if k not in unused}
     log("configuration: " + ", ".join(f"{k}={v}" for k, v in config.items()))
     if args.measure is not None:
-        config = {k: v for k, v in config.items() if k not in ("steps", "lr", "warmup", "batch_size",
-                                                                "eval_every", "layers")}
         log(f"output change |F(x, W*) - F(x, W)|^2 / |F(x, W)|^2, W* = W ± {args.delta:g} on every "
             f"block weight matrix, float64, mean over {args.repeats} seeds")
         start = time.perf_counter()
