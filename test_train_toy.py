@@ -33,6 +33,15 @@ def test_training_batches_never_contain_a_held_out_string():
         assert not torch.isin(train_toy.string_codes(inp[:, :2]), data.held_out_codes).any()
 
 
+def test_held_out_strings_are_a_fair_sample():
+    """Every digit position of the held-out set averages about 4.5, as uniform digits do."""
+    data = train_toy.ToyData("copy", digits=6, batch_size=4, seed=0)
+    prompts = data.eval_input[:, :6].double()  # (128, 6)
+    assert len(prompts) == 128 and len(set(map(tuple, prompts.tolist()))) == 128
+    # Standard error of a mean of 128 uniform digits: 2.87 / sqrt(128) ≈ 0.25; allow four of them.
+    assert ((prompts.mean(0) - 4.5).abs() < 1.0).all(), prompts.mean(0)
+
+
 def test_tiny_end_to_end_run_through_the_command_line(tmp_path):
     out = tmp_path / "run.json"
     proc = subprocess.run([sys.executable, "train_toy.py", *TINY, "--json", str(out)], cwd=ROOT,

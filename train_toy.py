@@ -79,7 +79,8 @@ class ToyData:
         self.task, self.digits, self.batch_size = task, digits, batch_size
         self.gen = torch.Generator().manual_seed(seed)
         n_eval = min(128, 10**digits // 5)
-        held_out = torch.unique(string_codes(digit_strings(4 * n_eval, digits, self.gen)))[:n_eval]
+        drawn = torch.unique(string_codes(digit_strings(4 * n_eval, digits, self.gen)))  # sorted
+        held_out = drawn[torch.randperm(len(drawn), generator=self.gen)[:n_eval]]  # unsorted: unbiased
         self.held_out_codes = held_out
         strings = torch.stack([(held_out // 10**k) % 10 for k in range(digits)], 1)  # decode codes
         self.eval_input, self.eval_target = to_example(strings, task)
