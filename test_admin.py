@@ -1,6 +1,8 @@
 """Property tests for admin.py: every equation the file states, checked by a second computation."""
 
+import contextlib
 import doctest
+import io
 import math
 import re
 from pathlib import Path
@@ -371,13 +373,39 @@ def test_module_docstring_examples_run():
     assert result.attempted >= 5 and result.failed == 0, result
 
 
-def python_blocks(path: Path) -> list[str]:
-    return re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.S)
+def python_blocks(path: Path) -> list[tuple[str, str | None]]:
+    """Every ```python block, with the ```text block right after it (its shown output), if any."""
+    found = re.findall(r"```python\n(.*?)```\n(?:\s*```text\n(.*?)```)?", path.read_text(), flags=re.S)
+    return [(code, shown or None) for code, shown in found]
+
+
+def run_blocks(path: Path) -> None:
+    """Run the blocks in order as one script; each printed output must equal the text shown under it."""
+    blocks = python_blocks(path)
+    assert blocks, f"{path.name} has no ```python block"
+    namespace = {"__name__": "__docs__"}
+    for i, (code, shown) in enumerate(blocks, 1):
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            exec(compile(code, f"{path.name} block {i}", "exec"), namespace)
+        if shown is not None:
+            assert printed.getvalue().rstrip() == shown.rstrip(), \
+                f"{path.name} block {i} printed:\n{printed.getvalue()}\nbut the text shows:\n{shown}"
 
 
 def test_readme_python_examples_run():
-    blocks = python_blocks(ROOT / "README.md")
-    assert blocks, "README.md has no ```python example"
-    namespace = {}
-    for block in blocks:
-        exec(compile(block, "README.md", "exec"), namespace)
+    run_blocks(ROOT / "README.md")
+
+
+def test_tutorial_blocks_run_in_order_and_print_what_the_text_shows():
+    run_blocks(ROOT / "tutorial.md")
+
+
+def test_tutorial_figures_exist_and_name_the_command_that_makes_them():
+    text = (ROOT / "tutorial.md").read_text()
+    figures = re.findall(r"!\[([^\]]+)\]\((figures/[^)]+\.png)\)", text)
+    assert len(figures) >= 3, figures
+    for alt, path in figures:
+        assert (ROOT / path).stat().st_size > 10_000, f"{path} missing or empty"
+        assert len(alt.split()) >= 10, f"alt text of {path} does not say what it shows"
+        assert f"--plot {path}" in text, f"no command in tutorial.md regenerates {path}"
