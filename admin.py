@@ -248,7 +248,8 @@ class Block(nn.Module):
         self.norm_first = config.residual == "preln"
         if config.residual == "admin":
             omega = calculate_init(2 * config.n_layers, config.output_change_scale)
-            self.res1, self.res2 = (OmegaResidual(omega, config.omega_as_parameter, C) for _ in "12")
+            self.res1 = OmegaResidual(omega, config.omega_as_parameter, C)
+            self.res2 = OmegaResidual(omega, config.omega_as_parameter, C)
         else:
             self.res1, self.res2 = PlainResidual(), PlainResidual()
 
@@ -372,7 +373,8 @@ def reparameterize(model: PostLNTransformer) -> PostLNTransformer:
     W' = W · diag(1/ω_i). Biases and LayerNorm's eps are untouched, so the fold is exact.
     """
     _require_admin(model, "reparameterize")
-    omega_keys = {f"{name}.omega" for name, m in model.named_modules() if isinstance(m, OmegaResidual)}
+    omega_keys = {f"{name}.omega" for name, module in model.named_modules()
+                  if isinstance(module, OmegaResidual)}
     with torch.device("meta"):  # no memory and no random numbers spent on a throw-away init
         plain = PostLNTransformer(replace(model.config, residual="vanilla"))
     state = {k: v.clone() for k, v in model.state_dict().items() if k not in omega_keys}
@@ -381,7 +383,8 @@ def reparameterize(model: PostLNTransformer) -> PostLNTransformer:
 
     producers = [(plain.tok_emb.weight, plain.pos_emb.weight)]
     producers += [(s.norm.weight, s.norm.bias) for s in plain.sublayers()[:-1]]
-    for i, (old, new, made_by) in enumerate(zip(model.sublayers(), plain.sublayers(), producers), 1):
+    pairs = zip(model.sublayers(), plain.sublayers(), producers, strict=True)
+    for i, (old, new, made_by) in enumerate(pairs, 1):
         omega = old.shortcut.omega.expand(model.config.d_model)  # (C,), scalar ω broadcast
         if (omega == 0).any():
             raise ValueError(f"cannot fold sub-layer {i}: its ω has a zero entry (ω must be non-zero)")

@@ -4,8 +4,9 @@
 
 Training steps of the vanilla and Admin models, and forward passes of vanilla, Admin and Admin after
 reparameterize(), are timed in interleaved rounds, so that a slow moment of the machine hits every
-model alike. Ratios near 1.00 mean ω costs nothing worth noticing. A trainable vector ω (the default, as the paper
-trains it) adds a per-feature reduction to every sub-layer's backward pass; a fixed scalar ω does not.
+model alike. Ratios near 1.00 mean ω costs nothing worth noticing. A trainable vector ω (the default,
+as the paper trains it) adds a per-feature reduction to every sub-layer's backward pass; a fixed scalar
+ω does not.
 """
 
 import argparse
@@ -80,7 +81,7 @@ def report(times: dict[str, list[float]]) -> str:
     two times measured side by side in the same round, so a slow moment of the machine cancels."""
     parts = []
     for name, t in times.items():
-        ratio = statistics.median(a / b for a, b in zip(t, times["vanilla"]))
+        ratio = statistics.median(a / b for a, b in zip(t, times["vanilla"], strict=True))
         parts.append(f"{name} {1000 * statistics.median(t):.1f} ms (min {1000 * min(t):.1f})"
                      + ("" if name == "vanilla" else f" = {ratio:.2f}x"))
     return ";  ".join(parts)

@@ -244,7 +244,7 @@ def test_profiled_omega_follows_the_recurrence_on_the_same_pass():
     model.eval()(batch)
     for h in hooks:
         h.remove()
-    for i, ((x, f_x), omega) in enumerate(zip(seen, omegas)):
+    for i, ((x, f_x), omega) in enumerate(zip(seen, omegas, strict=True)):
         stored = model.sublayers()[i].shortcut.omega
         assert torch.all(stored == omega), f"ω_{i + 1} stored on the model != returned value"
         if i + 1 < len(omegas):
@@ -399,6 +399,20 @@ def test_readme_python_examples_run():
 
 def test_tutorial_blocks_run_in_order_and_print_what_the_text_shows():
     run_blocks(ROOT / "tutorial.md")
+
+
+def test_tutorial_code_excerpts_are_admin_py_as_it_is():
+    """Each ```py excerpt (the code shown, not run) appears in admin.py: its lines, in order ("..."
+    stands for lines left out)."""
+    source = [line.strip() for line in (ROOT / "admin.py").read_text().splitlines()]
+    excerpts = re.findall(r"```py\n(.*?)```", (ROOT / "tutorial.md").read_text(), flags=re.S)
+    assert len(excerpts) >= 4
+    for excerpt in excerpts:
+        position = 0
+        for line in (raw.strip() for raw in excerpt.splitlines()):
+            if line and line != "...":
+                assert line in source[position:], f"tutorial excerpt line not in admin.py: {line!r}"
+                position = source.index(line, position) + 1
 
 
 def test_tutorial_figures_exist_and_name_the_command_that_makes_them():

@@ -313,12 +313,13 @@ def summary_table(results: list[ArmResult], folded_ms: float | None) -> str:
 
 def text_plot(results: list[ArmResult], height: int = 10, width: int = 60) -> str:
     """Held-out loss against step, one letter per arm (first letter; '*' where two overlap)."""
-    curves = {r.arm: [(s, l) for s, l, _ in r.history if math.isfinite(l)] for r in results}
+    curves = {r.arm: [(step, loss) for step, loss, _ in r.history if math.isfinite(loss)]
+              for r in results}
     curves = {a: c for a, c in curves.items() if c}
     if not curves:
         return "(nothing to plot)"
     last = max(c[-1][0] for c in curves.values()) or 1
-    top = min(max(l for c in curves.values() for _, l in c), 3 * CHANCE_LOSS)
+    top = min(max(loss for c in curves.values() for _, loss in c), 3 * CHANCE_LOSS)
     grid = [[" "] * (width + 1) for _ in range(height + 1)]
     for arm, curve in curves.items():
         for step, loss in curve:
@@ -485,6 +486,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def arm_label(arm: str, layers: int) -> str:
+    if arm == "admin":
+        return f"Post-LN, ω = {admin.calculate_init(2 * layers):.3f}"
+    return {"vanilla": "Post-LN", "preln": "Pre-LN"}[arm]
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -510,7 +517,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         results, start = [], time.perf_counter()
         for arm in args.arms:
-            log(f"training {arm} ({'Post-LN, ω = %.3f' % admin.calculate_init(2 * args.layers) if arm == 'admin' else {'vanilla': 'Post-LN', 'preln': 'Pre-LN'}[arm]})")
+            log(f"training {arm} ({arm_label(arm, args.layers)})")
             results.append(train_arm(arm, args, log))
             if results[-1].interrupted:
                 break
