@@ -59,7 +59,8 @@ from torch import Tensor, nn
 #
 # With Var x = Var f = 1 a sub-layer depends on its own branch by β = 1/(1 + ω²), and the output change
 # after a small update is proportional to Σβ over the n + 1 terms (embedding and n sub-layers):
-# (n + 1) / (1 + ω²). Asking for that to be (n + 1)/2, ln(n + 1) or 1 gives the three formulas below.
+# (n + 1) / (1 + ω²). Asking for that to be (n + 1)/2, ln(n + 1) or 1 gives the three formulas below,
+# those of the admin-torch 0.1.0 package (which states them without this derivation; it is ours).
 # ---------------------------------------------------------------------------------------------------
 
 
@@ -108,6 +109,21 @@ def calculate_init(num_res_layers: int, output_change_scale: str = "O(logn)") ->
 # ---------------------------------------------------------------------------------------------------
 
 
+def omega_scalar(value: float) -> Tensor:
+    """ω as one fixed number, a tensor of shape (1,) that broadcasts over every feature."""
+    if not (isinstance(value, numbers.Real) and math.isfinite(value)):
+        raise ValueError(f"ω must be a finite number, got {value!r}")
+    return torch.tensor([float(value)])
+
+
+def omega_vector(value: float, embed_dim: int | None) -> nn.Parameter:
+    """ω as a trainable vector, one entry per feature (C = embed_dim), each starting at `value`."""
+    if isinstance(embed_dim, bool) or not isinstance(embed_dim, int) or embed_dim < 1:
+        raise ValueError(f"a trainable ω vector needs embed_dim, an integer >= 1 (the feature size), "
+                         f"got embed_dim={embed_dim!r}")
+    return nn.Parameter(omega_scalar(value).expand(embed_dim).clone())
+
+
 class OmegaResidual(nn.Module):
     """The Admin shortcut ω_i ⊙ x_{i-1} + f_i(x_{i-1}); the LayerNorm that follows is the caller's.
 
@@ -119,12 +135,9 @@ class OmegaResidual(nn.Module):
     def __init__(self, init_value: float, as_parameter: bool = False, embed_dim: int | None = None):
         super().__init__()
         if as_parameter:
-            if embed_dim is None or embed_dim < 1:
-                raise ValueError(f"as_parameter=True needs embed_dim >= 1 (the feature size), "
-                                 f"got embed_dim={embed_dim!r}")
-            self.omega = nn.Parameter(torch.full((embed_dim,), float(init_value)))
+            self.omega = omega_vector(init_value, embed_dim)
         else:
-            self.register_buffer("omega", torch.tensor([float(init_value)]))
+            self.register_buffer("omega", omega_scalar(init_value))
 
     def forward(self, x: Tensor, f_x: Tensor) -> Tensor:
         # ω_i ⊙ x_{i-1} + f_i(x_{i-1})
@@ -149,7 +162,7 @@ def as_buffer(network: nn.Module, buffer_name: str, num_res_layers: int,
               output_change_scale: str = "default") -> Tensor:
     """Register ω as a fixed buffer (shape (1,)) on `network`; use it as `x * network.<name> + f_x`."""
     omega = calculate_init(num_res_layers, output_change_scale)
-    network.register_buffer(buffer_name, torch.tensor([omega]))
+    network.register_buffer(buffer_name, omega_scalar(omega))
     return getattr(network, buffer_name)
 
 
@@ -157,7 +170,7 @@ def as_parameter(network: nn.Module, parameter_name: str, num_res_layers: int, e
                  output_change_scale: str = "default") -> nn.Parameter:
     """Register ω as a trainable vector of size embed_dim on `network`, filled with calculate_init."""
     omega = calculate_init(num_res_layers, output_change_scale)
-    network.register_parameter(parameter_name, nn.Parameter(torch.full((embed_dim,), omega)))
+    network.register_parameter(parameter_name, omega_vector(omega, embed_dim))
     return getattr(network, parameter_name)
 
 
@@ -278,8 +291,8 @@ class PostLNTransformer(nn.Module):
     """A small causal language model: token + learned position embeddings, n_layers Blocks, and a
     linear head. forward(idx (B, T) of token ids) returns logits (B, T, V), batch first.
 
-    Linear maps (Q, K and V each on its own) start Xavier-uniform with zero biases, as in the paper's
-    setup; with PyTorch's smaller default init the branches are weak and the depth effect is muted.
+    Every linear map (Q, K and V each on its own) starts Xavier-uniform with a zero bias. With PyTorch's
+    smaller default init the branches start weak, and the depth effect this file is about is muted.
     """
 
     def __init__(self, config: TransformerConfig):

@@ -135,10 +135,19 @@ def test_as_module_as_buffer_as_parameter():
     assert dict(net.named_parameters())["omega_ffn"].tolist() == [1.0] * 4
 
 
-@pytest.mark.parametrize("embed_dim", [None, 0])
+@pytest.mark.parametrize("embed_dim", [None, 0, 2.5, True])
 def test_trainable_omega_needs_embed_dim(embed_dim):
-    with pytest.raises(ValueError, match=f"embed_dim={embed_dim!r}"):
+    with pytest.raises(ValueError, match=re.escape(f"embed_dim={embed_dim!r}")):
         admin.OmegaResidual(2.0, as_parameter=True, embed_dim=embed_dim)
+    with pytest.raises(ValueError, match=re.escape(f"embed_dim={embed_dim!r}")):
+        admin.as_parameter(torch.nn.Module(), "omega", 12, embed_dim=embed_dim)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), "2.0", None])
+def test_omega_must_be_a_finite_number(value):
+    for as_param in (False, True):
+        with pytest.raises(ValueError, match=re.escape(f"got {value!r}")):
+            admin.OmegaResidual(value, as_parameter=as_param, embed_dim=4)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -354,6 +363,14 @@ def test_reparameterized_blocks_are_pytorch_transformer_encoder_layers():
             layer.train(train)
             err = rel_err(block(x), layer(x, src_mask=mask, is_causal=True))
             assert err <= 1e-12, f"block {i} (train={train}) != nn.TransformerEncoderLayer: {err:.1e}"
+
+
+def test_reparameterize_draws_no_random_numbers():
+    """Folding after training must not shift the random stream of whatever the caller does next."""
+    model = admin.PostLNTransformer(tiny_config())
+    state = torch.get_rng_state()
+    admin.reparameterize(model)
+    assert torch.equal(state, torch.get_rng_state())
 
 
 def test_reparameterize_rejects_a_zero_omega():
