@@ -1,6 +1,7 @@
 """Tests for the depth demo, train_toy.py: tiny models, a few steps each."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -58,6 +59,8 @@ def test_tiny_end_to_end_run_through_the_command_line(tmp_path):
         assert [h[0] for h in arm["history"]] == [0, 3, 6] and arm["steps"] == 6
         assert arm["history"][-1][1:] == [arm["final_loss"], arm["accuracy"]]
     assert "summary" in proc.stdout and "held-out examples" in proc.stdout
+    gap = float(re.search(r"max \|Δ logit\| (\S+)", proc.stdout).group(1))
+    assert gap < 1e-4, f"the folded model's logits differ from Admin's by {gap}"
 
 
 def test_same_seed_gives_identical_histories(capsys):

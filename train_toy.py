@@ -30,7 +30,6 @@ import json
 import math
 import os
 import statistics
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -226,7 +225,7 @@ def train_arm(arm: str, args, log) -> ArmResult:
         _, _, pred = evaluate(model, data)
         result.examples = [describe(data.eval_input[i], data.eval_target[i], pred[i], args.task)
                            for i in range(3)]
-        result.infer_ms = inference_ms(model, inp)
+        result.infer_ms = inference_ms(model, data.eval_input[: args.batch_size])
     return result
 
 
@@ -298,16 +297,18 @@ def measure_table(rows: list[dict], arms: list[str]) -> str:
 # ---------------------------------------------------------------------------------------------------
 
 
-def summary_table(results: list[ArmResult], folded_ms: float | None) -> str:
+def summary_table(results: list[ArmResult], folded: tuple[float, float] | None) -> str:
+    """One row per arm; `folded` is (inference ms, max |Δ logit|) of the Admin model after
+    reparameterize, when there is one."""
     lines = [f"{'arm':<8} {'steps':>6} {'final loss':>10} {'accuracy':>9}  {'verdict':<26}"
              f"{'seconds':>8} {'train ms/step':>14} {'infer ms':>9}"]
     for r in results:
         lines.append(f"{r.arm:<8} {r.steps:>6} {r.final_loss:>10.4f} {100 * r.accuracy:>8.2f}%  "
                      f"{r.verdict + (' (interrupted)' if r.interrupted else ''):<26}"
                      f"{r.seconds:>8.1f} {r.step_ms:>14.1f} {r.infer_ms:>9.2f}")
-    if folded_ms is not None:
-        lines.append(f"{'admin, ω folded away (reparameterize): a plain Post-LN model':<71}"
-                     f"{folded_ms:>24.2f}")
+    if folded is not None:
+        label = f"admin folded by reparameterize(): plain Post-LN, max |Δ logit| {folded[1]:.0e}"
+        lines.append(f"{label:<71}{folded[0]:>24.2f}")
     return "\n".join(lines)
 
 
@@ -494,58 +495,67 @@ def arm_label(arm: str, layers: int) -> str:
     return {"vanilla": "Post-LN", "preln": "Pre-LN"}[arm]
 
 
+def run_measure(args, log) -> dict:
+    log(f"output change |F(x, W*) - F(x, W)|^2 / |F(x, W)|^2, W* = W ± {args.delta:g} on every "
+        f"block weight matrix, float64, mean over {args.repeats} seeds")
+    start = time.perf_counter()
+    rows = measure(args, log)
+    log(measure_table(rows, args.arms))
+    log(f"({time.perf_counter() - start:.1f}s)")
+    return {"rows": rows, "output_change": "|F(x,W*)-F(x,W)|^2 / |F(x,W)|^2 of the last layer's output",
+            "update": f"+-{args.delta:g} random sign on every block weight matrix"}
+
+
+def run_training(args, log) -> list[ArmResult]:
+    results, start = [], time.perf_counter()
+    for arm in args.arms:
+        log(f"training {arm} ({arm_label(arm, args.layers)})")
+        results.append(train_arm(arm, args, log))
+        if results[-1].interrupted:
+            break
+    folded = None
+    trained_admin = next((r.model for r in results if r.arm == "admin" and r.examples), None)
+    if trained_admin is not None:
+        plain = admin.reparameterize(trained_admin)
+        inp = ToyData(args.task, args.digits, args.batch_size, args.seed).eval_input[: args.batch_size]
+        with torch.no_grad():
+            gap = (plain.eval()(inp) - trained_admin.eval()(inp)).abs().max().item()
+        folded = (inference_ms(plain, inp), gap)
+    log("\nsummary (train ms/step and infer ms are medians; infer = one forward pass of a batch)")
+    log(summary_table(results, folded))
+    log("\n" + text_plot(results))
+    for r in results:
+        if r.examples:
+            log(f"\n{r.arm}, held-out examples:\n" + "\n".join("  " + e for e in r.examples))
+    log(f"\n{conclusion(results, args.layers)}  ({time.perf_counter() - start:.1f}s in all)")
+    return results
+
+
 def main(argv: list[str] | None = None) -> dict:
+    """Run the demo (or --measure) as the command line asks; return what --json writes."""
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     log = lambda line: print(line, flush=True)  # noqa: E731
-    config = {k: v for k, v in vars(args).items() if k not in ("json", "plot")}
+    unused = ("json", "plot") + (("layers", "steps", "lr", "warmup", "batch_size", "eval_every")
+                                 if args.measure is not None else ("measure", "delta", "repeats"))
+    config = {k: v for k, v in vars(args).items() if k not in unused}
     config.update(device="cpu", threads=torch.get_num_threads(), torch=torch.__version__)
-    training_only = ("layers", "steps", "lr", "warmup", "batch_size", "eval_every")
-    measure_only = ("measure", "delta", "repeats")
-    unused = training_only if args.measure is not None else measure_only
-    config = {k: v for k, v in config.items() if k not in unused}
     log("configuration: " + ", ".join(f"{k}={v}" for k, v in config.items()))
+    results = rows = None
     if args.measure is not None:
-        log(f"output change |F(x, W*) - F(x, W)|^2 / |F(x, W)|^2, W* = W ± {args.delta:g} on every "
-            f"block weight matrix, float64, mean over {args.repeats} seeds")
-        start = time.perf_counter()
-        rows = measure(args, log)
-        log(measure_table(rows, args.arms))
-        log(f"({time.perf_counter() - start:.1f}s)")
-        out = {"config": config, "measure": {
-            "rows": rows, "output_change": "|F(x,W*)-F(x,W)|^2 / |F(x,W)|^2 of the last layer's output",
-            "update": f"+-{args.delta:g} random sign on every block weight matrix"}}
-        results = None
+        out = {"config": config, "measure": run_measure(args, log)}
+        rows = out["measure"]["rows"]
     else:
-        results, start = [], time.perf_counter()
-        for arm in args.arms:
-            log(f"training {arm} ({arm_label(arm, args.layers)})")
-            results.append(train_arm(arm, args, log))
-            if results[-1].interrupted:
-                break
-        folded_ms = None
-        admin_result = next((r for r in results if r.arm == "admin" and r.examples), None)
-        if admin_result is not None:
-            plain = admin.reparameterize(admin_result.model)
-            folded_ms = inference_ms(plain, ToyData(args.task, args.digits, args.batch_size,
-                                                    args.seed).batch()[0])
-        log("\nsummary (train ms/step and infer ms are medians; infer = one forward pass of a batch)")
-        log(summary_table(results, folded_ms))
-        log("\n" + text_plot(results))
-        for r in results:
-            if r.examples:
-                log(f"\n{r.arm}, held-out examples:\n" + "\n".join("  " + e for e in r.examples))
-        log(f"\n{conclusion(results, args.layers)}  ({time.perf_counter() - start:.1f}s in all)")
+        results = run_training(args, log)
         out = {"config": config, "arms": {r.arm: result_json(r) for r in results}}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)
     if args.plot:
-        save_plot(args.plot, results, out.get("measure", {}).get("rows"), args)
+        save_plot(args.plot, results, rows, args)
         log(f"wrote {args.plot}")
     return out
 
 
 if __name__ == "__main__":
     main()
-    sys.exit(0)
