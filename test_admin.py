@@ -54,6 +54,15 @@ def test_calculate_init_matches_the_three_formulas_for_n_1_to_10000():
             assert got >= 1.0, f"ω({n}, {scale}) = {got} < 1"
 
 
+def test_calculate_init_is_bit_identical_to_admin_torch_arithmetic():
+    """admin-torch 0.1.0 takes the square root as `value ** 0.5`, which differs from the correctly
+    rounded math.sqrt in the last bit for some N (2921 for O(1)); our values must equal the package's."""
+    assert math.sqrt(2921) != 2921**0.5, "the witness that the choice of square root matters"
+    for n in range(1, 10_001):
+        assert admin.calculate_init(n, "O(logn)") == ((n + 1) / math.log(n + 1) - 1) ** 0.5, n
+        assert admin.calculate_init(n, "O(1)") == n**0.5, n
+
+
 def test_calculate_init_matches_published_examples():
     # Values quoted for the admin-torch package (N = 12 and N = 96 residual sub-layers).
     assert round(admin.calculate_init(12), 3) == 2.017
