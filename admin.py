@@ -322,11 +322,15 @@ class PostLNTransformer(nn.Module):
             raise ValueError(f"sequence length {T} exceeds max_len={self.config.max_len}")
         return self.tok_emb(idx) + self.pos_emb(torch.arange(T, device=idx.device))
 
-    def forward(self, idx: Tensor) -> Tensor:
-        x = self.embed(idx)  # (B, T, C)
+    def hidden(self, idx: Tensor) -> Tensor:
+        """The last layer's output, what the head reads: (B, T) -> (B, T, C)."""
+        x = self.embed(idx)
         for block in self.blocks:
             x = block(x)
-        return self.head(self.final_norm(x))  # (B, T, V)
+        return self.final_norm(x)
+
+    def forward(self, idx: Tensor) -> Tensor:
+        return self.head(self.hidden(idx))  # (B, T, V)
 
 
 # ---------------------------------------------------------------------------------------------------

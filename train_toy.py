@@ -234,25 +234,18 @@ def train_arm(arm: str, args, log) -> ArmResult:
 # ---------------------------------------------------------------------------------------------------
 
 
-def hidden_state(model: admin.PostLNTransformer, idx: torch.Tensor) -> torch.Tensor:
-    """F(x, W): the last layer's output, i.e. what the head reads. (B, T) -> (B, T, C)."""
-    x = model.embed(idx)
-    for block in model.blocks:
-        x = block(x)
-    return model.final_norm(x)
-
-
 @torch.no_grad()
 def output_change(model: admin.PostLNTransformer, idx: torch.Tensor, delta: float, seed: int) -> float:
     """|F(x, W*) − F(x, W)|² / |F(x, W)|², where W* adds ±delta (random signs, drawn from `seed`)
-    to every weight matrix of every block. ω and the embeddings are not perturbed."""
-    before = hidden_state(model, idx)
+    to every weight matrix of every block; F is model.hidden, the last layer's output. ω and the
+    embeddings are not perturbed."""
+    before = model.hidden(idx)
     gen = torch.Generator().manual_seed(seed)
     for name, p in model.named_parameters():
         if name.startswith("blocks.") and p.dim() == 2:
             signs = torch.randint(2, p.shape, generator=gen).to(p.dtype) * 2 - 1
             p.add_(delta * signs)
-    after = hidden_state(model, idx)
+    after = model.hidden(idx)
     return ((after - before).pow(2).sum() / before.pow(2).sum()).item()
 
 
