@@ -1,21 +1,15 @@
 """Property tests for admin.py: every equation the file states, checked by a second computation."""
 
-import contextlib
-import doctest
-import io
+import copy
 import math
 import re
-from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import admin
-
-ROOT = Path(__file__).parent
-FAST = settings(max_examples=20, deadline=None)
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -99,7 +93,6 @@ def test_calculate_init_rejects_unknown_scale():
 # 2. The ω residual and the admin-torch compatible helpers
 # ---------------------------------------------------------------------------------------------------
 
-@FAST
 @given(shape=st.tuples(st.integers(1, 3), st.integers(1, 5), st.integers(1, 8)),
        omega=st.floats(0.1, 20.0), as_param=st.booleans(), seed=st.integers(0, 2**16))
 def test_omega_residual_is_the_displayed_equation(shape, omega, as_param, seed):
@@ -307,36 +300,86 @@ configs = st.builds(
     d_ff=st.integers(1, 24), as_param=st.booleans())
 
 
-def check_reparameterization(model, idx, tol):
+# How close must the folded model be? Folding is exact in exact arithmetic, so what is left is rounding,
+# and how much rounding moves the logits depends on the input: a LayerNorm over 2 or 3 features of
+# nearly equal values (which hypothesis finds) divides by a tiny standard deviation and magnifies every
+# rounding error a thousandfold. So no fixed bound holds for every drawn model, and the tests measure
+# the rounding scale of each model on its own input instead, in float64:
+#   own    the float32 forward pass's error against float64 (the rounding of the operations), and
+#   bumped what rounding every parameter once does: each one times (1 ± 2⁻²⁴), random signs.
+# The folded model differs from the model by exactly these two things: its own float32 forward pass,
+# and one rounding of each folded product (ω ⊙ γ, ω ⊙ β, W / ω, ω ⊙ embedding). So its error should be
+# of the order of own + bumped; FOLD_NOISE_FACTOR = 8 allows for random signs landing less favourably
+# than the actual roundings (over 5,000 drawn models the largest ratio we saw was below 3). In float64
+# every rounding is 2⁻²⁹ times smaller, and so is the scale. A wrong fold (one ω entry not folded) is
+# off by 10⁻² and more: test_a_wrong_fold_fails_the_check shows the check catches it.
+U32, U64 = 2.0**-24, 2.0**-53  # unit roundoff of float32 and float64
+FOLD_NOISE_FACTOR = 8
+
+
+@torch.no_grad()
+def float32_rounding_scale(model64: admin.PostLNTransformer, idx: torch.Tensor, gen) -> float:
+    """own + bumped (see above), relative to the largest float64 logit of `model64` on `idx`."""
+    reference = model64(idx)
+    own = rel_err(copy.deepcopy(model64).float()(idx).double(), reference)
+    bumped = copy.deepcopy(model64)
+    for t in [*bumped.parameters(), *bumped.buffers()]:
+        t.mul_(1 + U32 * (torch.randint(2, t.shape, generator=gen, dtype=t.dtype) * 2 - 1))
+    return own + rel_err(bumped(idx), reference)
+
+
+def fold_error(model, plain, idx, gen) -> tuple[float, float]:
+    """The folded model's relative logit error against the model in float64, and what rounding in
+    the model's dtype allows (FOLD_NOISE_FACTOR times its rounding scale)."""
+    model64 = copy.deepcopy(model).double()
+    with torch.no_grad():
+        err = rel_err(plain(idx).double(), model64(idx))
+    unit = U32 if model.head.weight.dtype == torch.float32 else U64
+    return err, FOLD_NOISE_FACTOR * float32_rounding_scale(model64, idx, gen) * unit / U32
+
+
+def check_reparameterization(model, idx, gen):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     plain = admin.reparameterize(model)
     assert plain.config.residual == "vanilla"
     assert not any("omega" in k for k in plain.state_dict()), "ω left in the folded state_dict"
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "input changed"
-    with torch.no_grad():
-        err = rel_err(plain(idx), model(idx))
-    assert err <= tol, f"reparameterized logits differ: relative error {err:.2e} > {tol:.0e}"
+    err, allowed = fold_error(model, plain, idx, gen)
+    assert err <= allowed, f"reparameterized logits differ: relative error {err:.2e} > {allowed:.2e}"
     return plain
 
 
-@FAST
 @given(cfg=configs, batch=st.integers(1, 3), length=st.integers(1, 8), seed=st.integers(0, 2**16))
 def test_reparameterized_model_has_the_same_logits_float64(cfg, batch, length, seed):
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = admin.PostLNTransformer(cfg).double()
     randomize_omegas(model, gen)
-    check_reparameterization(model, torch.randint(11, (batch, length), generator=gen), tol=1e-10)
+    check_reparameterization(model, torch.randint(11, (batch, length), generator=gen), gen)
 
 
-@FAST
 @given(cfg=configs, seed=st.integers(0, 2**16))
 def test_reparameterized_model_has_the_same_logits_float32(cfg, seed):
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = admin.PostLNTransformer(cfg)
     randomize_omegas(model, gen)
-    check_reparameterization(model, torch.randint(11, (2, 7), generator=gen), tol=1e-5)
+    check_reparameterization(model, torch.randint(11, (2, 7), generator=gen), gen)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_wrong_fold_fails_the_check(dtype):
+    """The rounding-scale bound is loose enough for every machine, and still far too tight for a
+    fold that forgets one ω entry of one sub-layer."""
+    torch.manual_seed(5)
+    gen = torch.Generator().manual_seed(5)
+    model = admin.PostLNTransformer(tiny_config(n_layers=3, d_model=16, d_ff=32)).to(dtype)
+    randomize_omegas(model, gen)
+    plain = admin.reparameterize(model)
+    with torch.no_grad():
+        plain.sublayers()[3].input_weight[:, 5] *= model.sublayers()[3].shortcut.omega[5]  # undo one
+    err, allowed = fold_error(model, plain, torch.randint(11, (2, 7), generator=gen), gen)
+    assert err > 1e-3 and err > 100 * allowed, (err, allowed)
 
 
 def test_reparameterization_after_real_training_steps():
@@ -352,7 +395,7 @@ def test_reparameterization_after_real_training_steps():
         opt.step()
     omegas = torch.stack([s.shortcut.omega for s in model.sublayers()])
     assert omegas.std(dim=1).min() > 0, "training did not make ω a non-constant vector"
-    check_reparameterization(model, torch.randint(11, (4, 10)), tol=1e-10)
+    check_reparameterization(model, torch.randint(11, (4, 10)), torch.Generator().manual_seed(3))
 
 
 def test_reparameterized_blocks_are_pytorch_transformer_encoder_layers():
@@ -388,64 +431,3 @@ def test_reparameterize_rejects_a_zero_omega():
         model.sublayers()[2].shortcut.omega[3] = 0.0
     with pytest.raises(ValueError, match="sub-layer 3"):
         admin.reparameterize(model)
-
-
-# ---------------------------------------------------------------------------------------------------
-# 6. The examples in the docs run
-# ---------------------------------------------------------------------------------------------------
-
-def test_module_docstring_examples_run():
-    result = doctest.testmod(admin, optionflags=doctest.ELLIPSIS)
-    assert result.attempted >= 5 and result.failed == 0, result
-
-
-def python_blocks(path: Path) -> list[tuple[str, str | None]]:
-    """Every ```python block, with the ```text block right after it (its shown output), if any."""
-    found = re.findall(r"```python\n(.*?)```\n(?:\s*```text\n(.*?)```)?", path.read_text(), flags=re.S)
-    return [(code, shown or None) for code, shown in found]
-
-
-def run_blocks(path: Path) -> None:
-    """Run the blocks in order as one script; each printed output must equal the text shown under it."""
-    blocks = python_blocks(path)
-    assert blocks, f"{path.name} has no ```python block"
-    namespace = {"__name__": "__docs__"}
-    for i, (code, shown) in enumerate(blocks, 1):
-        printed = io.StringIO()
-        with contextlib.redirect_stdout(printed):
-            exec(compile(code, f"{path.name} block {i}", "exec"), namespace)
-        if shown is not None:
-            assert printed.getvalue().rstrip() == shown.rstrip(), \
-                f"{path.name} block {i} printed:\n{printed.getvalue()}\nbut the text shows:\n{shown}"
-
-
-def test_readme_python_examples_run():
-    run_blocks(ROOT / "README.md")
-
-
-def test_tutorial_blocks_run_in_order_and_print_what_the_text_shows():
-    run_blocks(ROOT / "tutorial.md")
-
-
-def test_tutorial_code_excerpts_are_admin_py_as_it_is():
-    """Each ```py excerpt (the code shown, not run) appears in admin.py: its lines, in order ("..."
-    stands for lines left out)."""
-    source = [line.strip() for line in (ROOT / "admin.py").read_text().splitlines()]
-    excerpts = re.findall(r"```py\n(.*?)```", (ROOT / "tutorial.md").read_text(), flags=re.S)
-    assert len(excerpts) >= 4
-    for excerpt in excerpts:
-        position = 0
-        for line in (raw.strip() for raw in excerpt.splitlines()):
-            if line and line != "...":
-                assert line in source[position:], f"tutorial excerpt line not in admin.py: {line!r}"
-                position = source.index(line, position) + 1
-
-
-def test_tutorial_figures_exist_and_name_the_command_that_makes_them():
-    text = (ROOT / "tutorial.md").read_text()
-    figures = re.findall(r"!\[([^\]]+)\]\((figures/[^)]+\.png)\)", text)
-    assert len(figures) >= 3, figures
-    for alt, path in figures:
-        assert (ROOT / path).stat().st_size > 10_000, f"{path} missing or empty"
-        assert len(alt.split()) >= 10, f"alt text of {path} does not say what it shows"
-        assert f"--plot {path}" in text, f"no command in tutorial.md regenerates {path}"
