@@ -87,21 +87,26 @@ OMEGA_FORMULAS: dict[str, Callable[[int], float]] = {
 }
 
 
+def whole_number(value, name: str, meaning: str) -> int:
+    """`value` as an int >= 1. Like admin-torch, accepts any integer type (NumPy's too) and integral
+    floats such as 24.0; rejects bools, fractions, strings and values < 1."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value).is_integer():
+        if value >= 1:
+            return int(value)
+    raise ValueError(f"{name} must be a whole number >= 1 ({meaning}), got {name}={value!r}")
+
+
 def calculate_init(num_res_layers: int, output_change_scale: str = "O(logn)") -> float:
     """ω for a stack of `num_res_layers` residual sub-layers (N = 2 × layers for attention + FFN).
 
     output_change_scale: "O(n)" (ω = 1), "O(logn)" or "default" (ω = sqrt((N+1)/ln(N+1) − 1)),
     or "O(1)" (ω = sqrt(N)). The same values as the admin-torch 0.1.0 package.
     """
-    if isinstance(num_res_layers, bool) or not isinstance(num_res_layers, numbers.Integral):
-        raise ValueError(f"num_res_layers must be an integer >= 1 (residual sub-layers, e.g. "
-                         f"2 * n_layers), got {num_res_layers!r}")
-    if num_res_layers < 1:
-        raise ValueError(f"num_res_layers must be >= 1 (residual sub-layers), got {num_res_layers}")
+    n = whole_number(num_res_layers, "num_res_layers", "residual sub-layers, e.g. 2 * n_layers")
     if output_change_scale not in OMEGA_FORMULAS:
         raise ValueError(f"output_change_scale must be one of {sorted(OMEGA_FORMULAS)}, "
                          f"got {output_change_scale!r}")
-    return OMEGA_FORMULAS[output_change_scale](int(num_res_layers))
+    return OMEGA_FORMULAS[output_change_scale](n)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -118,10 +123,8 @@ def omega_scalar(value: float) -> Tensor:
 
 def omega_vector(value: float, embed_dim: int | None) -> nn.Parameter:
     """ω as a trainable vector, one entry per feature (C = embed_dim), each starting at `value`."""
-    if isinstance(embed_dim, bool) or not isinstance(embed_dim, int) or embed_dim < 1:
-        raise ValueError(f"a trainable ω vector needs embed_dim, an integer >= 1 (the feature size), "
-                         f"got embed_dim={embed_dim!r}")
-    return nn.Parameter(omega_scalar(value).expand(embed_dim).clone())
+    C = whole_number(embed_dim, "embed_dim", "the feature size; a trainable ω vector needs it")
+    return nn.Parameter(omega_scalar(value).expand(C).clone())
 
 
 class OmegaResidual(nn.Module):
@@ -338,41 +341,65 @@ class PostLNTransformer(nn.Module):
 # ---------------------------------------------------------------------------------------------------
 
 
-def _require_admin(model: nn.Module, what: str) -> None:
-    residual = getattr(getattr(model, "config", None), "residual", None)
-    if not isinstance(model, PostLNTransformer) or residual != "admin":
-        raise ValueError(f"{what} needs a PostLNTransformer with residual='admin', "
-                         f"got {type(model).__name__} with residual={residual!r}")
-
-
 @torch.no_grad()
-def profile_omega(model: PostLNTransformer, batch: Tensor) -> list[float]:
-    """Set ω from one forward pass on `batch` (B, T) and return it, one value per sub-layer.
+def profile_omega(model: nn.Module, *inputs, stacks: list[nn.Module] | None = None, **kwargs) -> list[float]:
+    """Set every OmegaResidual of `model` from one forward pass, model(*inputs, **kwargs); return the
+    values in the order the pass called the residuals (one per sub-layer).
 
-    Walking the sub-layers in order with a running ratio r that starts at 1:
+    Within a stack, a running ratio r starts at 1 and each residual, as it is called with
+    (x_{i-1}, f_i(x_{i-1})), gets
         ω_i = r,   then   r ← sqrt(Var[ω_i ⊙ x_{i-1}] + Var[f_i(x_{i-1})]),
     variances over all elements (population variance). Since x_{i-1} is a LayerNorm output,
-    ω_i² ≈ Var[x_0] + Σ_{j<i} Var[f_j]: each ω grows by the variance the earlier branches add.
-    Dropout is off while profiling (it would inflate Var f); the train/eval mode is restored.
+    ω_i² ≈ Var[x_0] + Σ_{j<i} Var[f_j] from i = 2 on: each ω grows by the variance earlier branches add.
+    stacks: sub-modules that keep their own ratio, e.g. [model.encoder, model.decoder] (each stack
+    counts its own sub-layers, as the paper's code does); default: the whole model is one stack.
+    Dropout is off while profiling (our choice: it would inflate Var f); the train/eval mode is restored.
+    Data parallel: profile before wrapping the model in DistributedDataParallel, or on one batch that
+    every rank shares — DDP's constructor copies rank 0's ω to every rank, after it nothing does.
     """
-    _require_admin(model, "profile_omega")
+    residuals = [m for m in model.modules() if isinstance(m, OmegaResidual)]
+    if not residuals:
+        raise ValueError(f"profile_omega: {type(model).__name__} has no OmegaResidual to profile")
+    stack_of = {}  # residual -> index of its stack
+    for k, stack in enumerate(stacks or [model]):
+        for m in stack.modules():
+            if isinstance(m, OmegaResidual) and stack_of.setdefault(m, k) != k:
+                raise ValueError(f"profile_omega: an OmegaResidual is in stacks {stack_of[m]} and {k}")
+    outside = [name for name, m in model.named_modules() if isinstance(m, OmegaResidual) and m not in stack_of]
+    if outside:
+        raise ValueError(f"profile_omega: OmegaResidual {outside[0]!r} is outside every given stack")
+    ratio, omegas, called = [1.0] * len(stacks or [model]), [], set()
+
+    def set_omega(residual: OmegaResidual, args: tuple, kwargs: dict) -> None:
+        named = {**dict(zip(("x", "f_x"), args)), **kwargs}  # forward(x, f_x), however it was called
+        x, f_x = named["x"], named["f_x"]
+        if residual in called:
+            raise ValueError("profile_omega: an OmegaResidual was called twice in one forward pass "
+                             "(a shared layer, or activation checkpointing): profile without them")
+        called.add(residual)
+        k = stack_of[residual]
+        r = ratio[k]
+        if not (math.isfinite(r) and r > 0):
+            raise ValueError(f"profile_omega: ω would be {r} at residual number {len(omegas) + 1} of the pass: "
+                             f"the earlier shortcut and branch outputs do not vary (or are not finite)")
+        residual.omega.fill_(r)  # ω_i = r
+        # r ← sqrt(Var[ω_i ⊙ x_{i-1}] + Var[f_i(x_{i-1})])
+        ratio[k] = math.sqrt(torch.var(r * x, correction=0).item() + torch.var(f_x, correction=0).item())
+        omegas.append(r)
+
     was_training = model.training
-    model.eval()
+    hooks = [m.register_forward_pre_hook(set_omega, with_kwargs=True) for m in residuals]
     try:
-        omegas, r = [], 1.0
-        x = model.embed(batch)  # x_0: (B, T, C)
-        for s in model.sublayers():
-            s.shortcut.omega.fill_(r)  # ω_i = r
-            f_x = s.branch(x)
-            # r ← sqrt(Var[ω_i ⊙ x_{i-1}] + Var[f_i(x_{i-1})])
-            r_next = math.sqrt(torch.var(r * x, correction=0).item()
-                               + torch.var(f_x, correction=0).item())
-            x = s.norm(s.shortcut(x, f_x))
-            omegas.append(r)
-            r = r_next
-        return omegas
+        model.eval()
+        model(*inputs, **kwargs)
     finally:
+        for hook in hooks:
+            hook.remove()
         model.train(was_training)
+    never = [name for name, m in model.named_modules() if isinstance(m, OmegaResidual) and m not in called]
+    if never:
+        raise ValueError(f"profile_omega: OmegaResidual {never[0]!r} was never called by the forward pass")
+    return omegas
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -381,15 +408,51 @@ def profile_omega(model: PostLNTransformer, batch: Tensor) -> list[float]:
 
 
 @torch.no_grad()
+def fold_omega(omega: Tensor, producers: list[Tensor], readers: list[Tensor]) -> None:
+    """Fold the ω_i of one sub-layer into its neighbours, in place, so its shortcut needs no ω.
+
+    omega: ω_i, shape (C,) or (1,). producers: the tensors that make x_{i-1}, each with C last — a
+    LayerNorm's weight γ and bias β (x_{i-1} = γ ⊙ n + β), or the embedding tables that sum to x_0
+    (V, C); each is multiplied by ω_i, so they make ω_i ⊙ x_{i-1}. readers: the weight matrices
+    (out, C) in branch i that read x_{i-1} — Q, K and V of self-attention, only Q of cross-attention
+    (K and V read the encoder's output, which carries no ω of this sub-layer), the first linear of a
+    feed-forward network; their input columns are divided by ω_i: W' = W · diag(1/ω_i).
+
+    Exact when x_{i-1} is read only by sub-layer i (its shortcut and the readers) and the readers'
+    biases are left alone; LayerNorm's eps is untouched, since only its affine output changes. Then
+    set ω_i to 1, or build the model without ω and load the folded weights. What breaks it: an
+    embedding tied to the output layer (untie it first: give the head its own copy of the weight);
+    positions that are not a parameter or buffer (sinusoids computed on the fly: store them as a
+    buffer and pass it as a producer, or keep ω_1 as one multiply on the embedding).
+    """
+    omega = omega.detach().reshape(-1)
+    zeros = (omega == 0).nonzero().flatten().tolist()
+    if zeros:
+        raise ValueError(f"cannot fold ω: its entry {zeros[0]} is zero (ω must be non-zero)")
+    C = omega.numel()
+    for kind, tensors, dim in (("producer", producers, -1), ("reader", readers, -1)):
+        for t in tensors:
+            if t.dim() == 0 or (C != 1 and t.shape[dim] != C):
+                raise ValueError(f"{kind} of shape {tuple(t.shape)} does not match ω of {C} features "
+                                 f"(its last dimension must be {C})")
+    for t in producers:
+        t.mul_(omega.to(t.dtype))  # the producer now makes ω_i ⊙ x_{i-1}
+    for W in readers:
+        W.div_(omega.to(W.dtype))  # W' = W · diag(1/ω_i), broadcast over the rows
+
+
+@torch.no_grad()
 def reparameterize(model: PostLNTransformer) -> PostLNTransformer:
     """A new "vanilla" model, with no ω, whose logits equal the Admin model's. `model` is unchanged.
 
-    x_{i-1} is made by a LayerNorm, γ ⊙ n + β (or, for i = 1, by the embedding tables), and read only
-    by sub-layer i. So ω_i ⊙ x_{i-1} is what that producer makes with γ' = ω_i ⊙ γ, β' = ω_i ⊙ β; the
-    branch still sees x_{i-1} if every linear map reading it divides its input columns by ω_i:
-    W' = W · diag(1/ω_i). Biases and LayerNorm's eps are untouched, so the fold is exact.
+    Sub-layer i reads x_{i-1}, made by the embeddings (i = 1) or by sub-layer i − 1's LayerNorm, and
+    nothing else reads it: fold_omega applies, with the attention's Q, K, V (stacked) or the first
+    feed-forward linear as readers.
     """
-    _require_admin(model, "reparameterize")
+    residual = getattr(getattr(model, "config", None), "residual", None)
+    if not isinstance(model, PostLNTransformer) or residual != "admin":
+        raise ValueError(f"reparameterize needs a PostLNTransformer with residual='admin', "
+                         f"got {type(model).__name__} with residual={residual!r}")
     omega_keys = {f"{name}.omega" for name, module in model.named_modules()
                   if isinstance(module, OmegaResidual)}
     with torch.device("meta"):  # no memory and no random numbers spent on a throw-away init
@@ -402,10 +465,8 @@ def reparameterize(model: PostLNTransformer) -> PostLNTransformer:
     producers += [(s.norm.weight, s.norm.bias) for s in plain.sublayers()[:-1]]
     pairs = zip(model.sublayers(), plain.sublayers(), producers, strict=True)
     for i, (old, new, made_by) in enumerate(pairs, 1):
-        omega = old.shortcut.omega.expand(model.config.d_model)  # (C,), scalar ω broadcast
-        if (omega == 0).any():
-            raise ValueError(f"cannot fold sub-layer {i}: its ω has a zero entry (ω must be non-zero)")
-        for tensor in made_by:
-            tensor.mul_(omega)  # the producer now outputs ω_i ⊙ x_{i-1}
-        new.input_weight.div_(omega)  # W' = W · diag(1/ω_i), broadcast over the rows
+        try:
+            fold_omega(old.shortcut.omega, made_by, [new.input_weight])
+        except ValueError as error:
+            raise ValueError(f"cannot fold sub-layer {i}: {error}") from None
     return plain

@@ -2,6 +2,7 @@
 
 import copy
 import math
+import numbers
 import re
 
 import pytest
@@ -78,10 +79,54 @@ def test_log_scale_increases_and_grows_slower_than_constant_scale():
     assert all(a < b for a, b in zip(log[1:], const[1:]))
 
 
-@pytest.mark.parametrize("bad", [0, -3, 2.5, 12.0, "12", None, True])
+@pytest.mark.parametrize("bad", [0, -3, 2.5, -2.0, float("nan"), float("inf"), "12", None, True])
 def test_calculate_init_rejects_bad_layer_counts(bad):
-    with pytest.raises(ValueError, match=re.escape(repr(bad)) + "|>= 1"):
+    with pytest.raises(ValueError, match=re.escape(f"whole number >= 1") + ".*" + re.escape(repr(bad))):
         admin.calculate_init(bad)
+
+
+class IntegerLike:
+    """Stands in for a NumPy integer: not a subclass of int, but registered as numbers.Integral and
+    convertible with int() and float(), as np.int64 is. So this test needs no NumPy (requirements.txt
+    does not ask for it); where NumPy is installed, its own types are checked too."""
+
+    def __init__(self, value: int):
+        self.value = value
+
+    def __int__(self) -> int:
+        return self.value
+
+    __index__ = __int__
+
+    def __float__(self) -> float:
+        return float(self.value)
+
+    def __ge__(self, other) -> bool:
+        return self.value >= other
+
+
+numbers.Integral.register(IntegerLike)
+
+
+def integer_kinds(value: int) -> list:
+    kinds = [value, IntegerLike(value), float(value)]
+    try:
+        import numpy as np
+    except ImportError:  # requirements.txt does not ask for NumPy
+        return kinds
+    return kinds + [np.int64(value), np.int32(value), np.float64(value)]
+
+
+def test_drop_in_counts_accept_what_admin_torch_accepts():
+    """admin-torch computes with whatever number it is given: integral floats and NumPy integers work
+    there, so they work here (and give the same ω as the int); fractions are still refused."""
+    for n in integer_kinds(24):
+        assert admin.calculate_init(n) == admin.calculate_init(24), type(n)
+    for C in integer_kinds(3):
+        omega = admin.as_module(12, as_parameter=True, embed_dim=C).omega
+        assert omega.shape == (3,), type(C)
+    with pytest.raises(ValueError, match="embed_dim=2.5"):
+        admin.as_module(12, as_parameter=True, embed_dim=2.5)
 
 
 def test_calculate_init_rejects_unknown_scale():
@@ -282,11 +327,36 @@ def test_profiling_is_deterministic_with_dropout_and_restores_eval_mode():
 @pytest.mark.parametrize("residual", ["vanilla", "preln"])
 def test_profile_and_reparameterize_need_an_admin_model(residual):
     model = admin.PostLNTransformer(tiny_config(residual=residual))
-    for fn in (admin.profile_omega, admin.reparameterize):
-        with pytest.raises(ValueError, match=f"residual='admin'.*residual='{residual}'"):
-            fn(model, torch.zeros(1, 3, dtype=torch.long)) if fn is admin.profile_omega else fn(model)
+    with pytest.raises(ValueError, match="PostLNTransformer has no OmegaResidual to profile"):
+        admin.profile_omega(model, torch.zeros(1, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match=f"residual='admin'.*residual='{residual}'"):
+        admin.reparameterize(model)
     with pytest.raises(ValueError, match="got Linear"):
         admin.reparameterize(torch.nn.Linear(2, 2))
+
+
+def walk_profile(model: admin.PostLNTransformer, batch: torch.Tensor) -> list[float]:
+    """The built-in model profiled as admin.py did before profile_omega took any model: walking
+    its sub-layers by hand. The hook-based profile_omega must give exactly these values."""
+    omegas, r = [], 1.0
+    with torch.no_grad():
+        x = model.embed(batch)
+        for s in model.sublayers():
+            s.shortcut.omega.fill_(r)
+            f_x = s.branch(x)
+            r_next = math.sqrt(torch.var(r * x, correction=0).item() + torch.var(f_x, correction=0).item())
+            x = s.norm(s.shortcut(x, f_x))
+            omegas.append(r)
+            r = r_next
+    return omegas
+
+
+@given(layers=st.integers(1, 4), as_param=st.booleans(), seed=st.integers(0, 2**16))
+def test_profiling_the_built_in_model_gives_the_values_of_the_walk(layers, as_param, seed):
+    torch.manual_seed(seed)
+    model = admin.PostLNTransformer(tiny_config(n_layers=layers, omega_as_parameter=as_param)).eval()
+    batch = torch.randint(11, (3, 6), generator=torch.Generator().manual_seed(seed))
+    assert admin.profile_omega(model, batch) == walk_profile(copy.deepcopy(model), batch)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -318,24 +388,24 @@ FOLD_NOISE_FACTOR = 8
 
 
 @torch.no_grad()
-def float32_rounding_scale(model64: admin.PostLNTransformer, idx: torch.Tensor, gen) -> float:
-    """own + bumped (see above), relative to the largest float64 logit of `model64` on `idx`."""
-    reference = model64(idx)
-    own = rel_err(copy.deepcopy(model64).float()(idx).double(), reference)
+def float32_rounding_scale(model64: torch.nn.Module, inputs: tuple, gen) -> float:
+    """own + bumped (see above), relative to the largest float64 logit of `model64` on `inputs`."""
+    reference = model64(*inputs)
+    own = rel_err(copy.deepcopy(model64).float()(*inputs).double(), reference)
     bumped = copy.deepcopy(model64)
     for t in [*bumped.parameters(), *bumped.buffers()]:
         t.mul_(1 + U32 * (torch.randint(2, t.shape, generator=gen, dtype=t.dtype) * 2 - 1))
-    return own + rel_err(bumped(idx), reference)
+    return own + rel_err(bumped(*inputs), reference)
 
 
-def fold_error(model, plain, idx, gen) -> tuple[float, float]:
+def fold_error(model, plain, inputs: tuple, gen) -> tuple[float, float]:
     """The folded model's relative logit error against the model in float64, and what rounding in
     the model's dtype allows (FOLD_NOISE_FACTOR times its rounding scale)."""
     model64 = copy.deepcopy(model).double()
     with torch.no_grad():
-        err = rel_err(plain(idx).double(), model64(idx))
-    unit = U32 if model.head.weight.dtype == torch.float32 else U64
-    return err, FOLD_NOISE_FACTOR * float32_rounding_scale(model64, idx, gen) * unit / U32
+        err = rel_err(plain(*inputs).double(), model64(*inputs))
+    unit = U32 if next(model.parameters()).dtype == torch.float32 else U64
+    return err, FOLD_NOISE_FACTOR * float32_rounding_scale(model64, inputs, gen) * unit / U32
 
 
 def check_reparameterization(model, idx, gen):
@@ -344,7 +414,7 @@ def check_reparameterization(model, idx, gen):
     assert plain.config.residual == "vanilla"
     assert not any("omega" in k for k in plain.state_dict()), "ω left in the folded state_dict"
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "input changed"
-    err, allowed = fold_error(model, plain, idx, gen)
+    err, allowed = fold_error(model, plain, (idx,), gen)
     assert err <= allowed, f"reparameterized logits differ: relative error {err:.2e} > {allowed:.2e}"
     return plain
 
@@ -378,7 +448,7 @@ def test_a_wrong_fold_fails_the_check(dtype):
     plain = admin.reparameterize(model)
     with torch.no_grad():
         plain.sublayers()[3].input_weight[:, 5] *= model.sublayers()[3].shortcut.omega[5]  # undo one
-    err, allowed = fold_error(model, plain, torch.randint(11, (2, 7), generator=gen), gen)
+    err, allowed = fold_error(model, plain, (torch.randint(11, (2, 7), generator=gen),), gen)
     assert err > 1e-3 and err > 100 * allowed, (err, allowed)
 
 

@@ -129,17 +129,19 @@ def test_tutorial_blocks_run_in_order_and_print_what_the_text_shows():
     run_blocks(ROOT / "tutorial.md")
 
 
-def test_tutorial_code_excerpts_are_admin_py_as_it_is():
-    """Each ```py excerpt (the code shown, not run) appears in admin.py: its lines, in order ("..."
-    stands for lines left out)."""
-    source = [line.strip() for line in (ROOT / "admin.py").read_text().splitlines()]
+def test_tutorial_code_excerpts_are_the_code_as_it_is():
+    """Each ```py excerpt (the code shown, not run) appears in admin.py, or in the file its first line
+    names (`# file: NAME`): its lines, in order ("..." stands for lines left out)."""
     excerpts = re.findall(r"```py\n(.*?)```", (ROOT / "tutorial.md").read_text(), flags=re.S)
-    assert len(excerpts) >= 4
+    assert len(excerpts) >= 6
     for excerpt in excerpts:
+        lines = [raw.strip() for raw in excerpt.splitlines()]
+        name = lines.pop(0)[len("# file: "):] if lines[0].startswith("# file: ") else "admin.py"
+        source = [line.strip() for line in (ROOT / name).read_text().splitlines()]
         position = 0
-        for line in (raw.strip() for raw in excerpt.splitlines()):
+        for line in lines:
             if line and line != "...":
-                assert line in source[position:], f"tutorial excerpt line not in admin.py: {line!r}"
+                assert line in source[position:], f"tutorial excerpt line not in {name}: {line!r}"
                 position = source.index(line, position) + 1
 
 

@@ -157,7 +157,8 @@ def make_model(arm: str, args, seed: int) -> admin.PostLNTransformer:
     torch.manual_seed(seed)  # the same initial weights for every arm
     config = admin.TransformerConfig(
         vocab_size=VOCAB, max_len=2 * args.digits, d_model=args.d_model, n_heads=args.n_heads,
-        d_ff=4 * args.d_model, n_layers=args.layers, residual=arm)
+        d_ff=4 * args.d_model, n_layers=args.layers, residual=arm,
+        output_change_scale=args.output_change_scale)
     return admin.PostLNTransformer(config)
 
 
@@ -249,39 +250,55 @@ def output_change(model: admin.PostLNTransformer, idx: torch.Tensor, delta: floa
     return ((after - before).pow(2).sum() / before.pow(2).sum()).item()
 
 
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    """(first quartile, median, third quartile), as statistics.quantiles computes them."""
+    if len(values) == 1:
+        return values[0], values[0], values[0]
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q2, q3
+
+
 def measure(args, log) -> list[dict]:
+    """One row per (depth, arm): the output change of `args.repeats` fresh models (seeds seed,
+    seed + 1, …, each with its own random signs), their median and quartiles."""
     rows = []
     data = ToyData(args.task, args.digits, 16, args.seed)
     idx, _ = data.batch()
     for layers in args.measure:
+        sized = argparse.Namespace(**{**vars(args), "layers": layers})
         for arm in args.arms:
-            changes = []
-            for r in range(args.repeats):
-                model = make_model(arm, argparse.Namespace(**{**vars(args), "layers": layers}),
-                                   args.seed + r).double()
-                changes.append(output_change(model, idx, args.delta, args.seed + r))
-            rows.append({"arm": arm, "layers": layers, "output_change": statistics.mean(changes)})
+            draws = [output_change(make_model(arm, sized, args.seed + r).double(), idx, args.delta,
+                                   args.seed + r) for r in range(args.repeats)]
+            q1, median, q3 = quartiles(draws)
+            rows.append({"arm": arm, "layers": layers, "output_change": median, "q1": q1, "q3": q3,
+                         "draws": draws})
         log("  " + "  ".join(f"{r['arm']} {r['layers']} layers: {r['output_change']:.3e}"
                              for r in rows if r["layers"] == layers))
     return rows
 
 
 def measure_table(rows: list[dict], arms: list[str]) -> str:
+    """Medians, the spread (third over first quartile) and the growth of the median over depth."""
     depths = sorted({r["layers"] for r in rows})
-    change = {(r["arm"], r["layers"]): r["output_change"] for r in rows}
-    head = f"{'layers':>6} {'sub-layers':>10}" + "".join(f" {a + ' change':>15} {'growth':>7}" for a in arms)
+    row = {(r["arm"], r["layers"]): r for r in rows}
+    change = {key: r["output_change"] for key, r in row.items()}
+    head = f"{'layers':>6} {'sub-layers':>10}" + "".join(
+        f" {a + ' median':>15} {'q3/q1':>6} {'growth':>7}" for a in arms)
     if "vanilla" in arms and "admin" in arms:
         head += f" {'vanilla/admin':>14}"
     lines = [head]
     for d in depths:
         line = f"{d:>6} {2 * d:>10}"
         for a in arms:
-            line += f" {change[a, d]:>15.3e} {change[a, d] / change[a, depths[0]]:>6.1f}x"
+            spread = row[a, d]["q3"] / row[a, d]["q1"]
+            line += f" {change[a, d]:>15.3e} {spread:>5.2f}x {change[a, d] / change[a, depths[0]]:>6.1f}x"
         if "vanilla" in arms and "admin" in arms:
             line += f" {change['vanilla', d] / change['admin', d]:>13.1f}x"
         lines.append(line)
     growth = ", ".join(f"{a} {change[a, depths[-1]] / change[a, depths[0]]:.1f}x" for a in arms)
-    lines.append(f"From {depths[0]} to {depths[-1]} layers the output change grew: {growth}.")
+    ratio = 2 * depths[-1] / (2 * depths[0])
+    lines.append(f"From {depths[0]} to {depths[-1]} layers ({ratio:g}x the sub-layers) the median output "
+                 f"change grew: {growth}.")
     return "\n".join(lines)
 
 
@@ -368,14 +385,25 @@ def save_plot(path: str, results: list[ArmResult] | None, rows: list[dict] | Non
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
     if rows is not None:
+        n = [2 * d for d in args.measure]
         for arm in args.arms:
-            pts = [(r["layers"], r["output_change"]) for r in rows if r["arm"] == arm]
-            ax.loglog([2 * d for d, _ in pts], [c for _, c in pts], "o-", label=arm)
+            arm_rows = [r for r in rows if r["arm"] == arm]
+            line, = ax.loglog(n, [r["output_change"] for r in arm_rows], "o-", label=f"{arm} (median)")
+            ax.fill_between(n, [r["q1"] for r in arm_rows], [r["q3"] for r in arm_rows],
+                            color=line.get_color(), alpha=0.2, lw=0)
+            first = arm_rows[0]["output_change"]  # the theory's growth, drawn through the first median
+            if arm == "vanilla":
+                ax.loglog(n, [first * k / n[0] for k in n], ":", color=line.get_color(),
+                          label="∝ n, for reference")
+            if arm == "admin":
+                ax.loglog(n, [first * math.log(k + 1) / math.log(n[0] + 1) for k in n], ":",
+                          color=line.get_color(), label="∝ ln(n + 1), for reference")
         ax.set_xticks([2 * d for d in args.measure], [str(2 * d) for d in args.measure])
         ax.minorticks_off()
         ax.set_xlabel("residual sub-layers n (2 per layer)")
         ax.set_ylabel("relative output change |ΔF|² / |F|²")
-        ax.set_title(f"Output change of a fresh model after a ±{args.delta:g} update")
+        ax.set_title(f"Output change after a ±{args.delta:g} update; band: quartiles of {args.repeats} "
+                     "models", fontsize=10)
     else:
         for r in results:
             ax.plot([h[0] for h in r.history], [h[1] for h in r.history], label=f"{r.arm}: {r.verdict}")
@@ -451,6 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training budget per arm; an arm that failed always runs all of it")
     p.add_argument("--lr", type=positive_float, default=2e-3, help="peak Adam learning rate")
     p.add_argument("--warmup", type=whole(0), default=50, help="linear warm-up steps to --lr")
+    p.add_argument("--output-change-scale", choices=("O(logn)", "O(1)"), default="O(logn)",
+                   help="admin arm: ω = admin.calculate_init(2 * layers, this)")
     p.add_argument("--batch-size", type=whole(1), default=16, help="training examples per step")
     p.add_argument("--d-model", type=whole(1), default=64, help="model width C (d_ff = 4C)")
     p.add_argument("--n-heads", type=whole(1), default=4, help="attention heads; must divide --d-model")
@@ -467,10 +497,11 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="LAYERS", help="instead of training, measure the output change after a "
                    "small update of a fresh model at these depths (comma-separated; default "
                    "6,12,24,48,96)")
-    p.add_argument("--delta", type=positive_float, default=1e-4,
+    p.add_argument("--delta", type=positive_float, default=1e-6,
                    help="--measure: size of the random-sign update added to every weight")
-    p.add_argument("--repeats", type=whole(1), default=3,
-                   help="--measure: models (seeds) averaged per depth and arm")
+    p.add_argument("--repeats", type=whole(1), default=16,
+                   help="--measure: fresh models (seeds, each with its own signs) per depth and arm; "
+                   "the table shows their median and quartiles")
     return p
 
 
@@ -493,15 +524,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def arm_label(arm: str, layers: int) -> str:
+def arm_label(arm: str, args) -> str:
     if arm == "admin":
-        return f"Post-LN, ω = {admin.calculate_init(2 * layers):.3f}"
+        return f"Post-LN, ω = {admin.calculate_init(2 * args.layers, args.output_change_scale):.3f}"
     return {"vanilla": "Post-LN", "preln": "Pre-LN"}[arm]
 
 
 def run_measure(args, log) -> dict:
     log(f"output change |F(x, W*) - F(x, W)|^2 / |F(x, W)|^2, W* = W ± {args.delta:g} on every "
-        f"block weight matrix, float64, mean over {args.repeats} seeds")
+        f"block weight matrix, float64, median of {args.repeats} seeds")
     start = time.perf_counter()
     rows = measure(args, log)
     log(measure_table(rows, args.arms))
@@ -513,7 +544,7 @@ def run_measure(args, log) -> dict:
 def run_training(args, log) -> list[ArmResult]:
     results, start = [], time.perf_counter()
     for arm in args.arms:
-        log(f"training {arm} ({arm_label(arm, args.layers)})")
+        log(f"training {arm} ({arm_label(arm, args)})")
         results.append(train_arm(arm, args, log))
         if results[-1].interrupted:
             break

@@ -1,0 +1,139 @@
+"""Tests for the stability map, sweep.py: tiny models, a few steps per run."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import sweep
+import train_toy
+
+ROOT = Path(__file__).parent
+TINY = ["--d-model", "8", "--n-heads", "2", "--digits", "3", "--batch-size", "8", "--eval-every", "3",
+        "--steps", "6", "--warmup", "2", "--threads", "1"]
+
+
+def grid(tmp_path, *extra, name="results.jsonl"):
+    return TINY + ["--results", str(tmp_path / name), *extra]
+
+
+def test_a_2x2_grid_end_to_end(tmp_path, capsys):
+    out = sweep.main(grid(tmp_path, "--arms", "vanilla,admin", "--layers", "1,2", "--lr", "1e-3",
+                          "--seed", "0", "--json", str(tmp_path / "map.json")))
+    printed = capsys.readouterr().out
+    assert json.loads((tmp_path / "map.json").read_text()) == json.loads(json.dumps(out))
+    assert [(r["arm"], r["layers"]) for r in out["runs"]] == [
+        ("vanilla", 1), ("vanilla", 2), ("admin", 1), ("admin", 2)]
+    keys = {"arm", "layers", "lr", "warmup", "steps", "task", "seed", "accuracy", "final_loss",
+            "verdict", "diverged", "steps_run", "seconds"}
+    assert all(set(r) == keys for r in out["runs"])
+    assert out["config"]["d_model"] == 8 and out["config"]["layers"] == [1, 2]
+    assert "[4/4]" in printed and "about" in printed and "estimate" in printed
+    assert "vanilla: runs that learned" in printed and "admin: runs that learned" in printed
+    lines = (tmp_path / "results.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["fixed"]["d_model"] == 8 and len(lines) == 5
+
+
+def test_one_grid_point_is_exactly_the_train_toy_run(tmp_path, capsys):
+    point = ["--layers", "2", "--lr", "3e-3", "--warmup", "1", "--seed", "4", "--task", "copy"]
+    swept = sweep.main(grid(tmp_path, "--arms", "admin", *point))["runs"][0]
+    alone = train_toy.main(TINY + ["--arms", "admin", *point])["arms"]["admin"]
+    assert swept["accuracy"] == alone["accuracy"] and swept["final_loss"] == alone["final_loss"]
+    assert swept["steps_run"] == alone["steps"] and swept["verdict"] == alone["verdict"]
+    assert swept["diverged"] == alone["diverged"]
+
+
+def test_a_second_run_retrains_nothing_and_gives_the_same_json(tmp_path, monkeypatch, capsys):
+    argv = grid(tmp_path, "--arms", "vanilla,admin", "--layers", "1", "--lr", "1e-3,2e-3", "--seed", "0")
+    first = sweep.main(argv)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a run already in the results file was trained again")
+
+    monkeypatch.setattr(sweep, "run_point", no_training)
+    second = sweep.main(argv)
+    assert second == first
+    assert "4 already in" in capsys.readouterr().out
+
+
+def test_an_interrupted_sweep_keeps_the_finished_runs(tmp_path, monkeypatch, capsys):
+    argv = grid(tmp_path, "--arms", "vanilla", "--layers", "1", "--lr", "1e-3,2e-3,4e-3", "--seed", "0")
+    real, calls = sweep.run_point, {"n": 0}
+
+    def interrupt_third(*args):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(sweep, "run_point", interrupt_third)
+    with pytest.raises(SystemExit) as exit_info:
+        sweep.main(argv)
+    assert exit_info.value.code == 130
+    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 1 + 2
+    monkeypatch.setattr(sweep, "run_point", real)
+    out = sweep.main(argv)  # goes on: only the third run is trained
+    assert "2 already in" in capsys.readouterr().out and len(out["runs"]) == 3
+
+
+def test_a_line_cut_short_by_a_crash_is_run_again(tmp_path, capsys):
+    argv = grid(tmp_path, "--arms", "admin", "--layers", "1", "--lr", "1e-3", "--seed", "0,1")
+    first = sweep.main(argv)
+    path = tmp_path / "results.jsonl"
+    path.write_text(path.read_text()[:-20])  # the last run's line, half written
+    second = sweep.main(argv)
+    assert "1 already in" in capsys.readouterr().out.split("sweep:")[-1]
+    assert second["runs"][1] == {**first["runs"][1], "seconds": second["runs"][1]["seconds"]}
+
+
+def test_a_results_file_with_other_fixed_settings_is_refused(tmp_path, capsys):
+    sweep.main(grid(tmp_path, "--arms", "admin", "--layers", "1", "--lr", "1e-3", "--seed", "0"))
+    other = grid(tmp_path, "--arms", "admin", "--layers", "1", "--lr", "1e-3", "--seed", "0")
+    other[other.index("--d-model") + 1] = "16"
+    with pytest.raises(SystemExit) as exit_info:
+        sweep.main(other)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert "argument --results" in err and "d_model=8 (now 16)" in err
+
+
+def test_two_jobs_give_the_same_runs_as_one(tmp_path, capsys):
+    base = ["--arms", "vanilla,admin", "--layers", "1,2", "--lr", "2e-3", "--seed", "0"]
+    one = sweep.main(grid(tmp_path, *base, "--jobs", "1", name="one.jsonl"))
+    two = sweep.main(grid(tmp_path, *base, "--jobs", "2", name="two.jsonl"))
+    strip = lambda runs: [{k: v for k, v in r.items() if k != "seconds"} for r in runs]  # noqa: E731
+    assert strip(one["runs"]) == strip(two["runs"])
+
+
+def test_the_table_marks_divergence_and_counts_seeds():
+    args = sweep.parse_args(["--arms", "admin", "--layers", "6,48", "--lr", "2e-3", "--seed", "0,1",
+                             "--results", "/tmp/never-written.jsonl"])
+    runs = [{"arm": "admin", "layers": 6, "lr": 2e-3, "warmup": 50, "steps": 200, "task": "reverse",
+             "seed": s, "verdict": "learned", "diverged": False} for s in (0, 1)]
+    runs.append({**runs[0], "layers": 48, "verdict": "diverged at step 3", "diverged": True})
+    table = sweep.tables(runs, args)
+    assert "    0.002 |        2/2       0/1!" in table, table
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--lr", ""], "--lr"), (["--lr", "0"], "--lr"), (["--lr", "-1e-3"], "--lr"), (["--lr", "fast"], "--lr"),
+    (["--lr", "1e-3,1e-3"], "--lr"), (["--layers", "6,,12"], "--layers"), (["--layers", "0"], "--layers"),
+    (["--arms", "admin,bogus"], "--arms"), (["--seed", "1,1"], "--seed"), (["--task", "sort"], "--task"),
+    (["--jobs", "0"], "--jobs"), (["--results", "/no/such/folder/r.jsonl"], "--results"),
+    (["--d-model", "30", "--n-heads", "4"], "--n-heads"), (["--measure", "6"], "--measure"),
+])
+def test_bad_input_exits_2_naming_the_flag(argv, flag, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        sweep.parse_args(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert f"argument {flag}" in err and "Traceback" not in err, err
+
+
+def test_bad_input_on_the_real_command_line_has_no_traceback():
+    proc = subprocess.run([sys.executable, "sweep.py", "--lr", "1e-3,-1"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "argument --lr: must be a positive number, got '-1'" in proc.stderr
+    assert "Traceback" not in proc.stderr
