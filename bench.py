@@ -27,6 +27,7 @@ def step_seconds(model, opt, inp, target) -> float:
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
+    train_toy.sync(inp.device)
     return time.perf_counter() - start
 
 
@@ -34,6 +35,7 @@ def step_seconds(model, opt, inp, target) -> float:
 def forward_seconds(model, inp) -> float:
     start = time.perf_counter()
     model(inp)
+    train_toy.sync(inp.device)
     return time.perf_counter() - start
 
 
@@ -42,17 +44,22 @@ def main() -> None:
     p.add_argument("--layers", type=train_toy.whole(1), default=48)
     p.add_argument("--rounds", type=train_toy.whole(2), default=30)
     p.add_argument("--threads", type=train_toy.whole(1), default=2)
+    p.add_argument("--device", choices=train_toy.DEVICES, default="auto",
+                   help="auto = cuda if there is one, else mps if there is one, else cpu")
     args = p.parse_args()
+    args.device = train_toy.resolve_device(args.device, p)
     torch.set_num_threads(args.threads)
-    demo = train_toy.parse_args(["--layers", str(args.layers)])
+    demo = train_toy.parse_args(["--layers", str(args.layers), "--device", args.device])
     models = {arm: train_toy.make_model(arm, demo, seed=0) for arm in ("vanilla", "admin")}
     fixed = dataclasses.replace(models["admin"].config, omega_as_parameter=False)
-    models["admin, fixed ω"] = admin.PostLNTransformer(fixed)
-    opts = {arm: torch.optim.Adam(m.parameters(), lr=1e-5, betas=(0.9, 0.98), fused=True)
+    models["admin, fixed ω"] = admin.PostLNTransformer(fixed).to(args.device)
+    fused = torch.device(args.device).type in ("cpu", "cuda")
+    opts = {arm: torch.optim.Adam(m.parameters(), lr=1e-5, betas=(0.9, 0.98), fused=fused)
             for arm, m in models.items()}
-    inp, target = train_toy.ToyData("reverse", demo.digits, demo.batch_size, 0).batch()
+    inp, target = train_toy.ToyData("reverse", demo.digits, demo.batch_size, 0, args.device).batch()
     print(f"{args.layers} layers, d_model {demo.d_model}, batch {tuple(inp.shape)}, "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}, {args.rounds} rounds")
+          f"{train_toy.device_name(args.device)}, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}, {args.rounds} rounds")
 
     train = {arm: [] for arm in models}
     for r in range(args.rounds + 1):

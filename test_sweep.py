@@ -137,3 +137,12 @@ def test_bad_input_on_the_real_command_line_has_no_traceback():
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "argument --lr: must be a positive number, got '-1'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_the_sweep_takes_train_toys_device_flag(tmp_path, capsys):
+    args = sweep.parse_args(["--device", "cpu", "--results", str(tmp_path / "r.jsonl")])
+    assert args.fixed["device"] == "cpu"
+    absent = next(d for d in ("cuda", "mps") if d not in train_toy.available_devices())
+    with pytest.raises(SystemExit) as exit_info:
+        sweep.parse_args(["--device", absent, "--results", str(tmp_path / "r.jsonl")])
+    assert exit_info.value.code == 2 and f"argument --device: {absent} is not available" in capsys.readouterr().err

@@ -42,6 +42,7 @@ SEP, VOCAB, IGNORE = 10, 11, -100
 ARMS = ("vanilla", "admin", "preln")
 TASKS = ("reverse", "copy")
 TASK_VERBS = {"reverse": "reversed", "copy": "copied"}
+DEVICES = ("auto", "cpu", "cuda", "mps")
 CHANCE_LOSS = math.log(10)  # cross-entropy of a uniform guess over the ten digits
 SOLVED, SOLVED_EVALS = 0.99, 3  # "learned": 99% exact; stop an arm that held it for 3 evaluations
 
@@ -74,15 +75,16 @@ def to_example(strings: torch.Tensor, task: str) -> tuple[torch.Tensor, torch.Te
 class ToyData:
     """A fixed held-out set, and training batches that never contain a held-out string."""
 
-    def __init__(self, task: str, digits: int, batch_size: int, seed: int):
-        self.task, self.digits, self.batch_size = task, digits, batch_size
+    def __init__(self, task: str, digits: int, batch_size: int, seed: int, device: str = "cpu"):
+        self.task, self.digits, self.batch_size, self.device = task, digits, batch_size, device
         self.gen = torch.Generator().manual_seed(seed)
         n_eval = min(128, 10**digits // 5)
         drawn = torch.unique(string_codes(digit_strings(4 * n_eval, digits, self.gen)))  # sorted
         held_out = drawn[torch.randperm(len(drawn), generator=self.gen)[:n_eval]]  # unsorted: unbiased
         self.held_out_codes = held_out
         strings = torch.stack([(held_out // 10**k) % 10 for k in range(digits)], 1)  # decode codes
-        self.eval_input, self.eval_target = to_example(strings, task)
+        # Drawn on the CPU from one generator, then moved: the same strings on every device.
+        self.eval_input, self.eval_target = (t.to(device) for t in to_example(strings, task))
 
     def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         strings = digit_strings(self.batch_size, self.digits, self.gen)
@@ -90,7 +92,8 @@ class ToyData:
         while clash.any():  # redraw the rows that hit the held-out set
             strings[clash] = digit_strings(int(clash.sum()), self.digits, self.gen)
             clash = torch.isin(string_codes(strings), self.held_out_codes)
-        return to_example(strings, self.task)
+        inp, target = to_example(strings, self.task)
+        return inp.to(self.device), target.to(self.device)
 
 
 def describe(inp: torch.Tensor, target: torch.Tensor, pred: torch.Tensor, task: str) -> str:
@@ -159,7 +162,16 @@ def make_model(arm: str, args, seed: int) -> admin.PostLNTransformer:
         vocab_size=VOCAB, max_len=2 * args.digits, d_model=args.d_model, n_heads=args.n_heads,
         d_ff=4 * args.d_model, n_layers=args.layers, residual=arm,
         output_change_scale=args.output_change_scale)
-    return admin.PostLNTransformer(config)
+    return admin.PostLNTransformer(config).to(args.device)
+
+
+def sync(device: str) -> None:
+    """Wait for the device to finish what was queued, so that a clock read after it is honest."""
+    kind = torch.device(device).type
+    if kind == "cuda":
+        torch.cuda.synchronize(device)
+    elif kind == "mps":
+        torch.mps.synchronize()
 
 
 @torch.no_grad()
@@ -169,6 +181,7 @@ def inference_ms(model, inp: torch.Tensor, repeats: int = 10) -> float:
     for _ in range(repeats + 1):
         start = time.perf_counter()
         model(inp)
+        sync(inp.device)
         times.append(time.perf_counter() - start)
     model.train()
     return 1000 * statistics.median(times[1:])  # the first call warms caches
@@ -182,12 +195,56 @@ def lr_factor(step: int, warmup: int, steps: int) -> float:
     return max(0.0, (steps - step) / max(1, steps - warmup))
 
 
+def cuda_graph_step(model, args):
+    """The training step of train_arm — forward, loss, backward, Adam — as one CUDA graph.
+
+    Eager PyTorch launches a few hundred small kernels per layer and step, and at this toy size the GPU
+    waits on Python for most of them; a graph records them once and replays them with one call. A
+    graph replays fixed memory, so the batch is copied into static tensors, the learning rate is a
+    tensor that the optimizer reads on the GPU (filled before each replay), and Adam is `capturable`.
+    The first steps run eagerly on a side stream: they allocate Adam's state and warm the kernels, as
+    capture requires. Returns step(inp, target, lr) -> loss, a 0-dim tensor; dropout must be 0."""
+    lr = torch.tensor(args.lr, device=args.device)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.98), capturable=True, foreach=True)
+    graph, side, static = torch.cuda.CUDAGraph(), torch.cuda.Stream(), {}
+
+    def forward_backward_adam(inp, target):
+        loss = F.cross_entropy(model(inp).flatten(0, 1), target.flatten(), ignore_index=IGNORE)
+        opt.zero_grad(set_to_none=True)  # in the graph, backward then writes the gradients afresh
+        loss.backward()
+        opt.step()
+        return loss
+
+    def step(inp, target, lr_now: float):
+        lr.fill_(lr_now)
+        if not static:
+            static.update(calls=0, inp=inp.clone(), target=target.clone())
+        if static["calls"] < 3:  # warm-up: ordinary steps on a side stream
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                loss = forward_backward_adam(inp, target)
+            torch.cuda.current_stream().wait_stream(side)
+        else:
+            if static["calls"] == 3:  # record once; recording runs nothing, so replay this step too
+                with torch.cuda.graph(graph):
+                    static["loss"] = forward_backward_adam(static["inp"], static["target"])
+            static["inp"].copy_(inp)
+            static["target"].copy_(target)
+            graph.replay()
+            loss = static["loss"]
+        static["calls"] += 1
+        return loss
+    return step
+
+
 def train_arm(arm: str, args, log) -> ArmResult:
     result = ArmResult(arm)
     model = result.model = make_model(arm, args, args.seed)
-    data = ToyData(args.task, args.digits, args.batch_size, args.seed)  # the same batches per arm
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.98), fused=True)
-    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, args.warmup, args.steps))
+    data = ToyData(args.task, args.digits, args.batch_size, args.seed, args.device)  # same batches per arm
+    graphed = cuda_graph_step(model, args) if args.cuda_graph else None
+    if graphed is None:
+        fused = torch.device(args.device).type in ("cpu", "cuda")  # one fused kernel where torch has it
+        opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.98), fused=fused)
     start, step_times, solved_evals = time.perf_counter(), [], 0
     try:
         for step in range(args.steps + 1):
@@ -202,18 +259,25 @@ def train_arm(arm: str, args, log) -> ArmResult:
             if step == args.steps:
                 break
             inp, target = data.batch()
+            lr_now = args.lr * lr_factor(step, args.warmup, args.steps)
             t0 = time.perf_counter()
-            logits = model(inp)  # (B, 2D, V)
-            loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=IGNORE)
+            if graphed is not None:  # the same step, replayed as a CUDA graph (--cuda-graph)
+                loss = graphed(inp, target, lr_now)
+            else:
+                logits = model(inp)  # (B, 2D, V)
+                loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=IGNORE)
             if not math.isfinite(loss.item()):
                 result.diverged_at = step
                 log(f"  {arm} diverged at step {step}; last finite loss {result.last_finite_loss}")
                 break
             result.last_finite_loss = loss.item()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            schedule.step()
+            if graphed is None:
+                for group in opt.param_groups:
+                    group["lr"] = lr_now
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            sync(args.device)
             step_times.append(time.perf_counter() - t0)
             result.steps = step + 1
     except KeyboardInterrupt:
@@ -244,7 +308,7 @@ def output_change(model: admin.PostLNTransformer, idx: torch.Tensor, delta: floa
     gen = torch.Generator().manual_seed(seed)
     for name, p in model.named_parameters():
         if name.startswith("blocks.") and p.dim() == 2:
-            signs = torch.randint(2, p.shape, generator=gen).to(p.dtype) * 2 - 1
+            signs = torch.randint(2, p.shape, generator=gen).to(p.device, p.dtype) * 2 - 1
             p.add_(delta * signs)
     after = model.hidden(idx)
     return ((after - before).pow(2).sum() / before.pow(2).sum()).item()
@@ -262,8 +326,7 @@ def measure(args, log) -> list[dict]:
     """One row per (depth, arm): the output change of `args.repeats` fresh models (seeds seed,
     seed + 1, …, each with its own random signs), their median and quartiles."""
     rows = []
-    data = ToyData(args.task, args.digits, 16, args.seed)
-    idx, _ = data.batch()
+    idx, _ = ToyData(args.task, args.digits, 16, args.seed, args.device).batch()
     for layers in args.measure:
         sized = argparse.Namespace(**{**vars(args), "layers": layers})
         for arm in args.arms:
@@ -363,7 +426,9 @@ def conclusion(results: list[ArmResult], layers: int) -> str:
         return "Run the vanilla and admin arms to completion to compare them."
     if a.verdict == "learned" and v.verdict != "learned":
         return (f"Conclusion: at {layers} layers plain Post-LN {v.verdict}, while Admin learned the task "
-                f"from the same weights, data and optimizer: the only change is ω on the shortcut.")
+                f"from the same weights, data and optimizer: the only change is ω on the shortcut. "
+                f"(In our stability map vanilla learned at 6 layers, and at 12 only with 4x the steps "
+                f"and 200 warm-up steps: tutorial.md, Section 5.)")
     if a.verdict == "learned" and v.verdict == "learned":
         return (f"Conclusion: at {layers} layers both Post-LN arms learn; the failure of vanilla "
                 f"Post-LN is a matter of depth (try --layers 48).")
@@ -488,6 +553,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=whole(0), default=0,
                    help="seeds the weights, the data and the perturbations: same seed, same numbers")
     p.add_argument("--eval-every", type=whole(1), default=20, help="steps between held-out evaluations")
+    p.add_argument("--device", choices=DEVICES, default="auto",
+                   help="where model, data and evaluation live: auto = cuda if there is one, else mps "
+                        "if there is one, else cpu")
+    p.add_argument("--cuda-graph", choices=("auto", "on", "off"), default="auto",
+                   help="replay each training step as one CUDA graph (auto: on with --device cuda); "
+                        "off trains eagerly, the reference")
     p.add_argument("--threads", type=whole(1), default=2,
                    help="torch threads; on a 2-core CPU, 2 made a 48-layer step about 12%% faster than "
                    "1 in our runs (bench.py --threads 1)")
@@ -505,9 +576,41 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def available_devices() -> list[str]:
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        found.append("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        found.append("mps")
+    return found
+
+
+def resolve_device(asked: str, parser: argparse.ArgumentParser) -> str:
+    """`auto` → cuda, else mps, else cpu; an absent device is exit 2 naming the flag."""
+    found = available_devices()
+    if asked == "auto":
+        return next(d for d in ("cuda", "mps", "cpu") if d in found)
+    if asked not in found:
+        parser.error(f"argument --device: {asked} is not available on this machine "
+                     f"(available: {', '.join(found)})")
+    return asked
+
+
+def device_name(device: str) -> str:
+    """The device as the configuration line reports it: cpu, or e.g. cuda (NVIDIA H100 80GB HBM3)."""
+    return f"cuda ({torch.cuda.get_device_name(device)})" if device == "cuda" else device
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = build_parser()
     args = p.parse_args(argv)
+    args.device = resolve_device(args.device, p)
+    if args.cuda_graph == "on" and args.device != "cuda":
+        p.error(f"argument --cuda-graph: on needs --device cuda (the device is {args.device})")
+    args.cuda_graph = args.cuda_graph != "off" and args.device == "cuda"
+    if args.measure is not None and args.device == "mps":
+        p.error("argument --device: --measure computes in float64, which mps does not support; "
+                "use --device cpu")
     if args.d_model % args.n_heads:
         p.error(f"argument --n-heads: must divide --d-model={args.d_model}, got {args.n_heads}")
     for flag, path in (("--json", args.json), ("--plot", args.plot)):
@@ -552,7 +655,7 @@ def run_training(args, log) -> list[ArmResult]:
     trained_admin = next((r.model for r in results if r.arm == "admin" and r.examples), None)
     if trained_admin is not None:
         plain = admin.reparameterize(trained_admin)
-        inp = ToyData(args.task, args.digits, args.batch_size, args.seed).eval_input[: args.batch_size]
+        inp = ToyData(args.task, args.digits, args.batch_size, args.seed, args.device).eval_input[: args.batch_size]
         with torch.no_grad():
             want = trained_admin.eval()(inp)
             error = ((plain.eval()(inp) - want).abs().max() / want.abs().max()).item()
@@ -572,10 +675,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     log = lambda line: print(line, flush=True)  # noqa: E731
-    unused = ("json", "plot") + (("layers", "steps", "lr", "warmup", "batch_size", "eval_every")
+    unused = ("json", "plot") + (("layers", "steps", "lr", "warmup", "batch_size", "eval_every", "cuda_graph")
                                  if args.measure is not None else ("measure", "delta", "repeats"))
     config = {k: v for k, v in vars(args).items() if k not in unused}
-    config.update(device="cpu", threads=torch.get_num_threads(), torch=torch.__version__)
+    config.update(device=device_name(args.device), threads=torch.get_num_threads(), torch=torch.__version__)
     log("configuration: " + ", ".join(f"{k}={v}" for k, v in config.items()))
     results = rows = None
     if args.measure is not None:

@@ -1,0 +1,81 @@
+"""admin.py follows its inputs' device and dtype, and train_toy runs where --device says.
+
+Each check runs on the CPU and on every accelerator torch sees here; the first line of pytest's
+output says which ran (CI has no GPU: there they run on the CPU alone)."""
+
+import copy
+
+import pytest
+import torch
+
+import admin
+import train_toy
+from conftest import accelerators
+from test_admin import rel_err, tiny_config
+
+DEVICES = ["cpu"] + accelerators()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_profile_fold_and_positions_stay_on_the_model_device(device):
+    torch.manual_seed(0)
+    model = admin.PostLNTransformer(tiny_config(n_layers=2)).to(device)
+    batch = torch.randint(11, (4, 9), device=device)
+    on_cpu = copy.deepcopy(model).cpu()
+    omegas = admin.profile_omega(model, batch)
+    assert omegas == pytest.approx(admin.profile_omega(on_cpu, batch.cpu()), rel=1e-5)
+    assert all(t.device.type == device for t in [*model.parameters(), *model.buffers()])
+    plain = admin.reparameterize(model)
+    assert all(t.device.type == device for t in [*plain.parameters(), *plain.buffers()])
+    with torch.no_grad():
+        assert model.embed(batch).device.type == device
+        err = rel_err(plain(batch).cpu().double(), admin.reparameterize(on_cpu)(batch.cpu()).double())
+    assert err <= 1e-4, f"folded on {device} vs on the CPU: {err:.1e} (float32 kernels differ by far less)"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_train_toy_runs_on_the_device_it_reports(device, capsys):
+    tiny = ["--layers", "1", "--d-model", "8", "--n-heads", "2", "--digits", "3", "--batch-size", "8",
+            "--steps", "4", "--eval-every", "2", "--warmup", "1", "--threads", "1"]
+    out = train_toy.main(tiny + ["--device", device])
+    assert out["config"]["device"].split(" ")[0] == device
+    assert f"device={device}" in capsys.readouterr().out
+    assert all(arm["steps"] == 4 for arm in out["arms"].values())
+
+
+def test_auto_picks_an_accelerator_when_there_is_one():
+    args = train_toy.parse_args([])
+    assert args.device == (accelerators() or ["cpu"])[0]
+
+
+@pytest.mark.parametrize("absent", [d for d in ("cuda", "mps") if d not in DEVICES])
+def test_an_absent_device_is_exit_2_naming_the_flag(absent, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train_toy.parse_args(["--device", absent])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert f"argument --device: {absent} is not available on this machine (available: cpu" in err
+
+
+def test_cuda_graph_replays_the_eager_step_or_is_refused_without_cuda(capsys):
+    """Where CUDA exists: the graphed training step gives the eager numbers, to float32 precision.
+    Two Adam implementations round differently (fused with a float learning rate; capturable, with
+    a tensor one), by about 1e-7 per step; over 30 steps of a tiny model the held-out losses stay
+    within 1e-3 of each other, and the verdicts agree. Without CUDA, asking for the graph is exit 2."""
+    tiny = ["--layers", "2", "--d-model", "16", "--n-heads", "2", "--digits", "3", "--batch-size", "8",
+            "--steps", "30", "--eval-every", "5", "--warmup", "5", "--threads", "1"]
+    if "cuda" not in accelerators():
+        with pytest.raises(SystemExit) as exit_info:
+            train_toy.parse_args(tiny + ["--device", "cpu", "--cuda-graph", "on"])
+        assert exit_info.value.code == 2
+        assert "argument --cuda-graph: on needs --device cuda" in capsys.readouterr().err
+        assert train_toy.parse_args(tiny + ["--device", "cpu"]).cuda_graph is False  # auto: off here
+        return
+    eager = train_toy.main(tiny + ["--device", "cuda", "--cuda-graph", "off"])
+    graphed = train_toy.main(tiny + ["--device", "cuda", "--cuda-graph", "on"])
+    assert eager["config"]["cuda_graph"] is False and graphed["config"]["cuda_graph"] is True
+    for arm in ("vanilla", "admin"):
+        a, b = eager["arms"][arm], graphed["arms"][arm]
+        assert a["steps"] == b["steps"] and a["verdict"] == b["verdict"]
+        for (step_a, loss_a, _), (step_b, loss_b, _) in zip(a["history"], b["history"], strict=True):
+            assert step_a == step_b and loss_b == pytest.approx(loss_a, rel=1e-3), (arm, step_a)
