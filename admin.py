@@ -365,7 +365,8 @@ def profile_omega(model: nn.Module, *inputs, stacks: list[nn.Module] | None = No
         for m in stack.modules():
             if isinstance(m, OmegaResidual) and stack_of.setdefault(m, k) != k:
                 raise ValueError(f"profile_omega: an OmegaResidual is in stacks {stack_of[m]} and {k}")
-    outside = [name for name, m in model.named_modules() if isinstance(m, OmegaResidual) and m not in stack_of]
+    outside = [name for name, m in model.named_modules()
+               if isinstance(m, OmegaResidual) and m not in stack_of]
     if outside:
         raise ValueError(f"profile_omega: OmegaResidual {outside[0]!r} is outside every given stack")
     ratio, omegas, called = [1.0] * len(stacks or [model]), [], set()
@@ -380,7 +381,8 @@ def profile_omega(model: nn.Module, *inputs, stacks: list[nn.Module] | None = No
         k = stack_of[residual]
         r = ratio[k]
         if not (math.isfinite(r) and r > 0):
-            raise ValueError(f"profile_omega: ω would be {r} at residual number {len(omegas) + 1} of the pass: "
+            raise ValueError(f"profile_omega: ω would be {r} at residual number {len(omegas) + 1} "
+                             f"of the pass: "
                              f"the earlier shortcut and branch outputs do not vary (or are not finite)")
         residual.omega.fill_(r)  # ω_i = r
         # r ← sqrt(Var[ω_i ⊙ x_{i-1}] + Var[f_i(x_{i-1})])

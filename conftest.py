@@ -25,8 +25,13 @@ def accelerators() -> list[str]:
     return found
 
 
-def pytest_report_header(config):
+def devices_line() -> str:
     found = accelerators()
     if not found:
         return "devices: cpu only — no CUDA or MPS device here, so the device checks ran on the CPU alone"
     return f"devices: cpu and {', '.join(found)} — the device checks ran on each"
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Said at the end of every run, -q included: which devices the device checks ran on."""
+    terminalreporter.write_line(devices_line())

@@ -34,7 +34,7 @@ class EncoderLayer(nn.Module):
         self.self_attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout, batch_first=True)
         self.linear1, self.linear2 = nn.Linear(d_model, d_ff), nn.Linear(d_ff, d_model)
         self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
-        self.dropout, self.dropout1, self.dropout2 = nn.Dropout(dropout), nn.Dropout(dropout), nn.Dropout(dropout)
+        self.dropout, self.dropout1, self.dropout2 = (nn.Dropout(dropout) for _ in range(3))
         self.res1, self.res2 = omega_residual(omega, d_model), omega_residual(omega, d_model)
 
     def feed_forward(self, x: Tensor) -> Tensor:
@@ -58,7 +58,7 @@ class DecoderLayer(nn.Module):
         self.self_attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout, batch_first=True)
         self.multihead_attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout, batch_first=True)
         self.linear1, self.linear2 = nn.Linear(d_model, d_ff), nn.Linear(d_ff, d_model)
-        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(d_model), nn.LayerNorm(d_model), nn.LayerNorm(d_model)
+        self.norm1, self.norm2, self.norm3 = (nn.LayerNorm(d_model) for _ in range(3))
         self.dropout, self.dropout1 = nn.Dropout(dropout), nn.Dropout(dropout)
         self.dropout2, self.dropout3 = nn.Dropout(dropout), nn.Dropout(dropout)
         self.res1, self.res2, self.res3 = (omega_residual(omega, d_model) for _ in range(3))
@@ -92,8 +92,10 @@ class Seq2Seq(nn.Module):
         self.tgt_tok, self.tgt_pos = nn.Embedding(vocab_size, d_model), nn.Embedding(max_len, d_model)
         omega_encoder = admin.calculate_init(2 * n_encoder)  # each stack counts its own sub-layers
         omega_decoder = admin.calculate_init(3 * n_decoder)
-        self.encoder = nn.ModuleList(EncoderLayer(d_model, n_heads, d_ff, omega_encoder) for _ in range(n_encoder))
-        self.decoder = nn.ModuleList(DecoderLayer(d_model, n_heads, d_ff, omega_decoder) for _ in range(n_decoder))
+        self.encoder = nn.ModuleList(EncoderLayer(d_model, n_heads, d_ff, omega_encoder)
+                                     for _ in range(n_encoder))
+        self.decoder = nn.ModuleList(DecoderLayer(d_model, n_heads, d_ff, omega_decoder)
+                                     for _ in range(n_decoder))
         self.head = nn.Linear(d_model, vocab_size)
 
     def forward(self, src: Tensor, tgt: Tensor) -> Tensor:

@@ -198,7 +198,8 @@ def load_results(path: str, fixed: dict) -> dict[tuple, dict]:
         raise ValueError(f"{path} is not a sweep results file (its first line is no header); "
                          f"choose another --results")
     if header["fixed"] != fixed:
-        differ = {k: (header["fixed"].get(k), fixed.get(k)) for k in fixed if header["fixed"].get(k) != fixed[k]}
+        differ = {k: (header["fixed"].get(k), fixed[k]) for k in fixed
+                  if header["fixed"].get(k) != fixed[k]}
         raise ValueError(f"{path} holds runs made with other fixed settings "
                          + ", ".join(f"{k}={old!r} (now {new!r})" for k, (old, new) in differ.items())
                          + "; use another --results file, or the same settings")

@@ -86,7 +86,7 @@ def test_log_scale_increases_and_grows_slower_than_constant_scale():
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5, -2.0, float("nan"), float("inf"), "12", None, True])
 def test_calculate_init_rejects_bad_layer_counts(bad):
-    with pytest.raises(ValueError, match=re.escape(f"whole number >= 1") + ".*" + re.escape(repr(bad))):
+    with pytest.raises(ValueError, match=re.escape("whole number >= 1") + ".*" + re.escape(repr(bad))):
         admin.calculate_init(bad)
 
 

@@ -102,7 +102,8 @@ def test_data_parallel_training_and_where_to_profile(tmp_path):
     rank0 = fresh_model()
     admin.profile_omega(rank0, own_batch(0))
     for rank in range(WORLD):
-        assert all(torch.equal(a, b) for a, b in zip(omegas(load(f"before{rank}")), omegas(rank0.state_dict())))
+        before = omegas(load(f"before{rank}"))
+        assert all(torch.equal(a, b) for a, b in zip(before, omegas(rank0.state_dict())))
     # Profiled after wrapping: the ranks silently disagree (from the second sub-layer on; ω_1 = 1).
     after = [omegas(load(f"after{rank}")) for rank in range(WORLD)]
     assert torch.equal(after[0][0], after[1][0])

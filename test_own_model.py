@@ -58,9 +58,9 @@ shapes = st.fixed_dictionaries({"heads": st.integers(1, 3), "head_dim": st.integ
 def test_closed_form_omega_per_stack():
     model = build(0, n_encoder=4, n_decoder=3)
     for layer in model.encoder:  # 2 sub-layers per encoder layer: n = 2 × 4
-        assert all(torch.all(r.omega == torch.tensor(admin.calculate_init(8))) for r, _, _ in layer.sublayers())
+        assert all(torch.all(r.omega == admin.calculate_init(8)) for r, _, _ in layer.sublayers())
     for layer in model.decoder:  # 3 per decoder layer: n = 3 × 3
-        assert all(torch.all(r.omega == torch.tensor(admin.calculate_init(9))) for r, _, _ in layer.sublayers())
+        assert all(torch.all(r.omega == admin.calculate_init(9)) for r, _, _ in layer.sublayers())
 
 
 @given(shape=shapes, seed=st.integers(0, 2**16))
@@ -144,7 +144,7 @@ def test_folding_cross_attention_keys_and_values_too_is_wrong():
 def test_fold_then_unfold_is_the_identity(C, rows, scalar, seed):
     gen = torch.Generator().manual_seed(seed)
     omega = 0.2 + 4.8 * torch.rand(1 if scalar else C, generator=gen, dtype=torch.float64)
-    gamma, beta = torch.randn(C, generator=gen, dtype=torch.float64), torch.randn(C, generator=gen, dtype=torch.float64)
+    gamma, beta = (torch.randn(C, generator=gen, dtype=torch.float64) for _ in range(2))
     W = torch.randn(rows, C, generator=gen, dtype=torch.float64)
     before = [t.clone() for t in (gamma, beta, W)]
     admin.fold_omega(omega, [gamma, beta], [W])

@@ -145,4 +145,5 @@ def test_the_sweep_takes_train_toys_device_flag(tmp_path, capsys):
     absent = next(d for d in ("cuda", "mps") if d not in train_toy.available_devices())
     with pytest.raises(SystemExit) as exit_info:
         sweep.parse_args(["--device", absent, "--results", str(tmp_path / "r.jsonl")])
-    assert exit_info.value.code == 2 and f"argument --device: {absent} is not available" in capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert f"argument --device: {absent} is not available" in capsys.readouterr().err

@@ -655,7 +655,8 @@ def run_training(args, log) -> list[ArmResult]:
     trained_admin = next((r.model for r in results if r.arm == "admin" and r.examples), None)
     if trained_admin is not None:
         plain = admin.reparameterize(trained_admin)
-        inp = ToyData(args.task, args.digits, args.batch_size, args.seed, args.device).eval_input[: args.batch_size]
+        held_out = ToyData(args.task, args.digits, args.batch_size, args.seed, args.device).eval_input
+        inp = held_out[: args.batch_size]
         with torch.no_grad():
             want = trained_admin.eval()(inp)
             error = ((plain.eval()(inp) - want).abs().max() / want.abs().max()).item()
