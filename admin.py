@@ -37,6 +37,10 @@ Or use the small causal Transformer below, profile ω on a batch, train, and fol
     (8, 1.0)
     >>> plain = admin.reparameterize(model)                             # vanilla Post-LN, same logits
 
+Your own model works the same way: profile_omega(model, *inputs, stacks=[...]) sets every
+OmegaResidual it meets in the forward pass, and fold_omega folds one sub-layer's ω into the tensors
+around it (seq2seq_example.py does both for an encoder–decoder).
+
 Tensor dimensions, used in shape comments: B batch, T sequence length, C d_model, V vocab_size.
 
 Citation: Liyuan Liu, Xiaodong Liu, Jianfeng Gao, Weizhu Chen, Jiawei Han. Understanding the Difficulty
@@ -381,9 +385,8 @@ def profile_omega(model: nn.Module, *inputs, stacks: list[nn.Module] | None = No
         k = stack_of[residual]
         r = ratio[k]
         if not (math.isfinite(r) and r > 0):
-            raise ValueError(f"profile_omega: ω would be {r} at residual number {len(omegas) + 1} "
-                             f"of the pass: "
-                             f"the earlier shortcut and branch outputs do not vary (or are not finite)")
+            raise ValueError(f"profile_omega: ω would be {r} at residual number {len(omegas) + 1} of the "
+                             "pass: the earlier shortcut and branch outputs do not vary (or are not finite)")
         residual.omega.fill_(r)  # ω_i = r
         # r ← sqrt(Var[ω_i ⊙ x_{i-1}] + Var[f_i(x_{i-1})])
         ratio[k] = math.sqrt(torch.var(r * x, correction=0).item() + torch.var(f_x, correction=0).item())

@@ -36,7 +36,7 @@ DEFAULT_GRID = {"arms": ["vanilla", "admin", "preln"], "layers": [6, 12, 24, 48]
                 "lr": [2.5e-4, 5e-4, 1e-3, 2e-3, 4e-3, 8e-3], "seed": [0, 1, 2]}
 QUICK_GRID = {"arms": ["vanilla", "admin", "preln"], "layers": [6, 48], "lr": [5e-4, 2e-3, 8e-3],
               "seed": [0]}
-MS_PER_LAYER_STEP = 1.7  # a training step on a 2-core laptop-class CPU, per layer (train ms/step / layers)
+MS_PER_LAYER_STEP = 1.8  # a training step and its share of evaluations, per layer, on a 2-core CPU
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -342,8 +342,8 @@ def main(argv: list[str] | None = None) -> dict:
         + f", jobs={args.jobs}, threads={args.threads}, torch={torch.__version__}")
     upper = sum(work(p) for p in todo) * MS_PER_LAYER_STEP / 1000 / args.jobs
     log(f"{len(points)} runs, {len(points) - len(todo)} already in {args.results}; estimate for the "
-        f"{len(todo)} to do: at most {minutes(upper)} on a 2-core CPU ({MS_PER_LAYER_STEP} ms per layer "
-        f"per step, full budgets; runs that learn stop early)")
+        f"{len(todo)} to do: about {minutes(upper)} on a 2-core CPU ({MS_PER_LAYER_STEP} ms per layer "
+        f"per step with evaluations, full budgets; runs that learn stop early)")
     if not os.path.exists(args.results) or os.path.getsize(args.results) == 0:
         append_line(args.results, {"fixed": args.fixed, "torch": torch.__version__})
     interrupted = False
