@@ -147,3 +147,11 @@ def test_the_sweep_takes_train_toys_device_flag(tmp_path, capsys):
         sweep.parse_args(["--device", absent, "--results", str(tmp_path / "r.jsonl")])
     assert exit_info.value.code == 2
     assert f"argument --device: {absent} is not available" in capsys.readouterr().err
+
+
+def test_plot_without_matplotlib_is_a_clear_error(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
+    with pytest.raises(SystemExit) as exit_info:
+        sweep.parse_args(["--plot", str(tmp_path / "map.png"), "--results", str(tmp_path / "r.jsonl")])
+    assert exit_info.value.code == 2
+    assert "argument --plot: needs matplotlib" in capsys.readouterr().err
