@@ -105,12 +105,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def writable(path: str) -> bool:
-    folder = os.path.dirname(os.path.abspath(path))
-    return (not os.path.isdir(path) and os.path.isdir(folder) and os.access(folder, os.W_OK)
-            and (not os.path.exists(path) or os.access(path, os.W_OK)))
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = build_parser()
     args, rest = p.parse_known_args(argv)
@@ -125,19 +119,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     probe = train_toy.parse_args(rest + ["--arms", args.arms[0], "--layers", str(args.layers[0])])
     args.fixed = {name: getattr(probe, name) for name in PASS_THROUGH}
     args.rest = rest
-    if args.fixed["d_model"] % args.fixed["n_heads"]:
-        p.error(f"argument --n-heads: must divide --d-model={args.fixed['d_model']}")
-    cores = os.cpu_count() or 1
     if args.threads is None:
-        args.threads = max(1, cores // args.jobs)
-    for flag, path in (("--results", args.results), ("--json", args.json), ("--plot", args.plot)):
-        if path is not None and not writable(path):
-            p.error(f"argument {flag}: cannot write to {path!r} (need a writable file path)")
-    if args.plot is not None:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            p.error("argument --plot: needs matplotlib, which is optional: pip install matplotlib")
+        args.threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    train_toy.check_outputs(p, {"--results": args.results, "--json": args.json, "--plot": args.plot})
     return args
 
 

@@ -3,6 +3,7 @@
     python train_toy.py --layers 48        # vanilla Post-LN vs Admin, 48 layers (96 sub-layers)
     python train_toy.py --layers 6         # both learn: the failure is a matter of depth
     python train_toy.py --measure          # the amplification effect itself, no training
+    python train_toy.py --device cuda      # on a GPU (auto picks it), each step replayed as a CUDA graph
 
 Every arm trains the same admin.PostLNTransformer (same initial weights: ω adds no random draws), on the
 same batches, with the same optimizer and schedule; only the residual differs:
@@ -613,18 +614,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                 "use --device cpu")
     if args.d_model % args.n_heads:
         p.error(f"argument --n-heads: must divide --d-model={args.d_model}, got {args.n_heads}")
-    for flag, path in (("--json", args.json), ("--plot", args.plot)):
-        if path is not None:
-            folder = os.path.dirname(os.path.abspath(path))
-            if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK) \
-                    or (os.path.exists(path) and not os.access(path, os.W_OK)):
-                p.error(f"argument {flag}: cannot write to {path!r} (need a writable file path)")
-    if args.plot is not None:
+    check_outputs(p, {"--json": args.json, "--plot": args.plot})
+    return args
+
+
+def check_outputs(p: argparse.ArgumentParser, paths: dict[str, str | None]) -> None:
+    """Exit 2, naming the flag, for an output path that is not a writable file, and for --plot
+    without matplotlib (which is optional)."""
+    for flag, path in paths.items():
+        if path is None:
+            continue
+        folder = os.path.dirname(os.path.abspath(path))
+        if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK) \
+                or (os.path.exists(path) and not os.access(path, os.W_OK)):
+            p.error(f"argument {flag}: cannot write to {path!r} (need a writable file path)")
+    if paths.get("--plot") is not None:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
             p.error("argument --plot: needs matplotlib, which is optional: pip install matplotlib")
-    return args
 
 
 def arm_label(arm: str, args) -> str:
