@@ -364,8 +364,9 @@ def profile_omega(model: nn.Module, *inputs, stacks: list[nn.Module] | None = No
     residuals = [m for m in model.modules() if isinstance(m, OmegaResidual)]
     if not residuals:
         raise ValueError(f"profile_omega: {type(model).__name__} has no OmegaResidual to profile")
+    stacks = stacks or [model]
     stack_of = {}  # residual -> index of its stack
-    for k, stack in enumerate(stacks or [model]):
+    for k, stack in enumerate(stacks):
         for m in stack.modules():
             if isinstance(m, OmegaResidual) and stack_of.setdefault(m, k) != k:
                 raise ValueError(f"profile_omega: an OmegaResidual is in stacks {stack_of[m]} and {k}")
@@ -373,7 +374,7 @@ def profile_omega(model: nn.Module, *inputs, stacks: list[nn.Module] | None = No
                if isinstance(m, OmegaResidual) and m not in stack_of]
     if outside:
         raise ValueError(f"profile_omega: OmegaResidual {outside[0]!r} is outside every given stack")
-    ratio, omegas, called = [1.0] * len(stacks or [model]), [], set()
+    ratio, omegas, called = [1.0] * len(stacks), [], set()
 
     def set_omega(residual: OmegaResidual, args: tuple, kwargs: dict) -> None:
         named = {**dict(zip(("x", "f_x"), args)), **kwargs}  # forward(x, f_x), however it was called
@@ -435,9 +436,9 @@ def fold_omega(omega: Tensor, producers: list[Tensor], readers: list[Tensor]) ->
     if zeros:
         raise ValueError(f"cannot fold ω: its entry {zeros[0]} is zero (ω must be non-zero)")
     C = omega.numel()
-    for kind, tensors, dim in (("producer", producers, -1), ("reader", readers, -1)):
+    for kind, tensors in (("producer", producers), ("reader", readers)):
         for t in tensors:
-            if t.dim() == 0 or (C != 1 and t.shape[dim] != C):
+            if t.dim() == 0 or (C != 1 and t.shape[-1] != C):
                 raise ValueError(f"{kind} of shape {tuple(t.shape)} does not match ω of {C} features "
                                  f"(its last dimension must be {C})")
     for t in producers:
