@@ -91,21 +91,13 @@ OMEGA_FORMULAS: dict[str, Callable[[int], float]] = {
 }
 
 
-def whole_number(value, name: str, meaning: str) -> int:
-    """`value` as an int >= 1. Like admin-torch, accepts any integer type (NumPy's too) and integral
-    floats such as 24.0; rejects bools, fractions, strings and values < 1."""
-    if isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value).is_integer():
-        if value >= 1:
-            return int(value)
-    raise ValueError(f"{name} must be a whole number >= 1 ({meaning}), got {name}={value!r}")
-
-
 def calculate_init(num_res_layers: int, output_change_scale: str = "O(logn)") -> float:
     """ω for a stack of `num_res_layers` residual sub-layers (N = 2 × layers for attention + FFN).
 
     output_change_scale: "O(n)" (ω = 1), "O(logn)" or "default" (ω = sqrt((N+1)/ln(N+1) − 1)),
     or "O(1)" (ω = sqrt(N)). The same values as the admin-torch 0.1.0 package.
     """
+    # whole_number (section 6): any integer kind, NumPy's too, as admin-torch accepts; else ValueError
     n = whole_number(num_res_layers, "num_res_layers", "residual sub-layers, e.g. 2 * n_layers")
     if output_change_scale not in OMEGA_FORMULAS:
         raise ValueError(f"output_change_scale must be one of {sorted(OMEGA_FORMULAS)}, "
@@ -156,29 +148,6 @@ class PlainResidual(nn.Module):
 
     def forward(self, x: Tensor, f_x: Tensor) -> Tensor:
         return x + f_x
-
-
-def as_module(num_res_layers: int, output_change_scale: str = "default", as_parameter: bool = False,
-              embed_dim: int | None = None) -> OmegaResidual:
-    """An OmegaResidual initialized with calculate_init(num_res_layers, output_change_scale)."""
-    omega = calculate_init(num_res_layers, output_change_scale)
-    return OmegaResidual(omega, as_parameter=as_parameter, embed_dim=embed_dim)
-
-
-def as_buffer(network: nn.Module, buffer_name: str, num_res_layers: int,
-              output_change_scale: str = "default") -> Tensor:
-    """Register ω as a fixed buffer (shape (1,)) on `network`; use it as `x * network.<name> + f_x`."""
-    omega = calculate_init(num_res_layers, output_change_scale)
-    network.register_buffer(buffer_name, omega_scalar(omega))
-    return getattr(network, buffer_name)
-
-
-def as_parameter(network: nn.Module, parameter_name: str, num_res_layers: int, embed_dim: int,
-                 output_change_scale: str = "default") -> nn.Parameter:
-    """Register ω as a trainable vector of size embed_dim on `network`, filled with calculate_init."""
-    omega = calculate_init(num_res_layers, output_change_scale)
-    network.register_parameter(parameter_name, omega_vector(omega, embed_dim))
-    return getattr(network, parameter_name)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -280,18 +249,18 @@ class Block(nn.Module):
         return self.dropout2(self.linear2(self.dropout(F.relu(self.linear1(x)))))  # (B, T, C)
 
     def sublayers(self) -> list[SubLayer]:
+        """forward's two sub-layers as data, for profiling and the fold (a test checks they agree)."""
         return [SubLayer(self.attention, self.res1, self.norm1, self.self_attn.in_proj_weight),
                 SubLayer(self.feed_forward, self.res2, self.norm2, self.linear1.weight)]
 
     def forward(self, x: Tensor) -> Tensor:
-        for s in self.sublayers():
-            if self.norm_first:
-                # Pre-LN: x_i = x_{i-1} + f_i(LN(x_{i-1}))
-                x = x + s.branch(s.norm(x))
-            else:
-                # Post-LN: x_i = LN(ω_i ⊙ x_{i-1} + f_i(x_{i-1}))   (vanilla: ω_i = 1)
-                x = s.norm(s.shortcut(x, s.branch(x)))
-        return x
+        if self.norm_first:
+            # Pre-LN: x_i = x_{i-1} + f_i(LN(x_{i-1}))
+            x = x + self.attention(self.norm1(x))
+            return x + self.feed_forward(self.norm2(x))
+        # Post-LN: x_i = LN(ω_i ⊙ x_{i-1} + f_i(x_{i-1}))   (vanilla: ω_i = 1)
+        x = self.norm1(self.res1(x, self.attention(x)))
+        return self.norm2(self.res2(x, self.feed_forward(x)))
 
 
 class PostLNTransformer(nn.Module):
@@ -476,3 +445,40 @@ def reparameterize(model: PostLNTransformer) -> PostLNTransformer:
         except ValueError as error:
             raise ValueError(f"cannot fold sub-layer {i}: {error}") from None
     return plain
+
+
+# ---------------------------------------------------------------------------------------------------
+# 6. The admin-torch 0.1.0 drop-in: its helper names, and the integer kinds it accepts
+# ---------------------------------------------------------------------------------------------------
+
+
+def whole_number(value, name: str, meaning: str) -> int:
+    """`value` as an int >= 1. Like admin-torch, accepts any integer type (NumPy's too) and integral
+    floats such as 24.0; rejects bools, fractions, strings and values < 1."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value).is_integer():
+        if value >= 1:
+            return int(value)
+    raise ValueError(f"{name} must be a whole number >= 1 ({meaning}), got {name}={value!r}")
+
+
+def as_module(num_res_layers: int, output_change_scale: str = "default", as_parameter: bool = False,
+              embed_dim: int | None = None) -> OmegaResidual:
+    """An OmegaResidual initialized with calculate_init(num_res_layers, output_change_scale)."""
+    omega = calculate_init(num_res_layers, output_change_scale)
+    return OmegaResidual(omega, as_parameter=as_parameter, embed_dim=embed_dim)
+
+
+def as_buffer(network: nn.Module, buffer_name: str, num_res_layers: int,
+              output_change_scale: str = "default") -> Tensor:
+    """Register ω as a fixed buffer (shape (1,)) on `network`; use it as `x * network.<name> + f_x`."""
+    omega = calculate_init(num_res_layers, output_change_scale)
+    network.register_buffer(buffer_name, omega_scalar(omega))
+    return getattr(network, buffer_name)
+
+
+def as_parameter(network: nn.Module, parameter_name: str, num_res_layers: int, embed_dim: int,
+                 output_change_scale: str = "default") -> nn.Parameter:
+    """Register ω as a trainable vector of size embed_dim on `network`, filled with calculate_init."""
+    omega = calculate_init(num_res_layers, output_change_scale)
+    network.register_parameter(parameter_name, omega_vector(omega, embed_dim))
+    return getattr(network, parameter_name)
