@@ -15,19 +15,19 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
 import admin
+import cli
 import train_toy
 
 
 def step_seconds(model, opt, inp, target) -> float:
     start = time.perf_counter()
-    loss = F.cross_entropy(model(inp).flatten(0, 1), target.flatten(), ignore_index=train_toy.IGNORE)
+    loss = train_toy.loss_of(model(inp), target)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-    train_toy.sync(inp.device)
+    cli.sync(inp.device)
     return time.perf_counter() - start
 
 
@@ -35,31 +35,37 @@ def step_seconds(model, opt, inp, target) -> float:
 def forward_seconds(model, inp) -> float:
     start = time.perf_counter()
     model(inp)
-    train_toy.sync(inp.device)
+    cli.sync(inp.device)
     return time.perf_counter() - start
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--layers", type=train_toy.whole(1), default=48)
-    p.add_argument("--rounds", type=train_toy.whole(2), default=30)
-    p.add_argument("--threads", type=train_toy.whole(1), default=2)
-    p.add_argument("--device", choices=train_toy.DEVICES, default="auto",
-                   help="auto = cuda if there is one, else mps if there is one, else cpu")
-    args = p.parse_args()
-    args.device = train_toy.resolve_device(args.device, p)
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--layers", type=cli.whole(1), default=48, help="Transformer layers")
+    p.add_argument("--rounds", type=cli.whole(2), default=30, help="timed rounds (one more warms up)")
+    return cli.add_model_flags(p)  # the demo's model: --d-model, --batch-size, --threads, --device, ...
+
+
+def header(args, inp: torch.Tensor) -> str:
+    return (f"{args.layers} layers, d_model {args.d_model}, batch {tuple(inp.shape)}, "
+            f"{cli.device_name(args.device)}, {torch.get_num_threads()} threads, "
+            f"torch {torch.__version__}, {args.rounds} rounds")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = build_parser()
+    args = cli.finish(p, p.parse_args(argv))
     torch.set_num_threads(args.threads)
-    demo = train_toy.parse_args(["--layers", str(args.layers), "--device", args.device])
-    models = {arm: train_toy.make_model(arm, demo, seed=0) for arm in ("vanilla", "admin")}
+    models = {arm: train_toy.make_model(arm, args.layers, args, seed=0) for arm in ("vanilla", "admin")}
     fixed = dataclasses.replace(models["admin"].config, omega_as_parameter=False)
     models["admin, fixed ω"] = admin.PostLNTransformer(fixed).to(args.device)
     fused = torch.device(args.device).type in ("cpu", "cuda")
-    opts = {arm: torch.optim.Adam(m.parameters(), lr=1e-5, betas=(0.9, 0.98), fused=fused)
+    opts = {arm: torch.optim.Adam(m.parameters(), lr=1e-5, betas=train_toy.BETAS, fused=fused)
             for arm, m in models.items()}
-    inp, target = train_toy.ToyData("reverse", demo.digits, demo.batch_size, 0, args.device).batch()
-    print(f"{args.layers} layers, d_model {demo.d_model}, batch {tuple(inp.shape)}, "
-          f"{train_toy.device_name(args.device)}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}, {args.rounds} rounds")
+    data = train_toy.ToyData(args.task, args.digits, args.seed, args.device)
+    inp, target = next(data.batches(args.batch_size))
+    print(header(args, inp))
 
     train = {arm: [] for arm in models}
     for r in range(args.rounds + 1):

@@ -15,18 +15,9 @@ settings.register_profile("thorough", settings.get_profile("suite"), max_example
 settings.load_profile("suite")  # --hypothesis-profile, read after this file, takes precedence
 
 
-def accelerators() -> list[str]:
-    """The accelerators torch sees here: the device checks run on each, besides the CPU."""
-    import torch
-
-    found = ["cuda"] if torch.cuda.is_available() else []
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        found.append("mps")
-    return found
-
-
 def devices_line() -> str:
-    found = accelerators()
+    from testing_tools import ACCELERATORS as found  # the devices the device checks use
+
     if not found:
         return "devices: cpu only — no CUDA or MPS device here, so the device checks ran on the CPU alone"
     return f"devices: cpu and {', '.join(found)} — the device checks ran on each"

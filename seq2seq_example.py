@@ -5,12 +5,23 @@ shortcuts are admin.OmegaResidual, profiled per stack with admin.profile_omega a
 sub-layer with admin.fold_omega. Submodule names follow nn.TransformerEncoderLayer and
 nn.TransformerDecoderLayer (norm_first=False, batch_first=True), so once ω is folded each layer's
 state_dict, less its ω entries, loads into PyTorch's own layer. tutorial.md walks through it; the
-tests check every step.
+tests check every step, and run this example:
 
-    model = Seq2Seq(vocab_size=12, d_model=32, n_heads=4, d_ff=64, n_encoder=2, n_decoder=2)
-    admin.profile_omega(model, src, tgt, stacks=[model.encoder, model.decoder])  # or keep closed form
-    ... train ...
-    fold(model)                       # every ω folded into its neighbours, then set to 1
+    >>> import torch, admin
+    >>> from seq2seq_example import Seq2Seq, fold
+    >>> model = Seq2Seq(vocab_size=12, d_model=32, n_heads=4, d_ff=64, n_encoder=2, n_decoder=2)
+    >>> src, tgt = torch.randint(12, (8, 10)), torch.randint(12, (8, 9))  # token ids (B, S), (B, T)
+    >>> stacks = [model.encoder, model.decoder]  # each stack counts its own sub-layers
+    >>> omegas = admin.profile_omega(model, src, tgt, stacks=stacks)  # or keep the closed-form ω
+    >>> len(omegas)                   # 2 sub-layers per encoder layer, 3 per decoder layer
+    10
+    >>> logits = model(src, tgt[:, :-1])  # (B, T-1, V): each next target token, from those before it
+    >>> loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tgt[:, 1:].flatten())
+    >>> loss.backward()
+    >>> torch.optim.Adam(model.parameters(), lr=1e-3).step()  # ... train: one step here, many in yours
+    >>> fold(model)                   # every ω folded into its neighbours, then set to 1
+    >>> {m.omega.unique().item() for m in model.modules() if isinstance(m, admin.OmegaResidual)}
+    {1.0}
 """
 
 from __future__ import annotations
@@ -44,8 +55,9 @@ class EncoderLayer(nn.Module):
         x = self.norm1(self.res1(x, self.dropout1(self.self_attn(x, x, x, need_weights=False)[0])))
         return self.norm2(self.res2(x, self.feed_forward(x)))
 
-    def sublayers(self) -> list[tuple[admin.OmegaResidual, list[Tensor], nn.LayerNorm]]:
-        """(shortcut, the weights that read x_{i-1}, the LayerNorm that makes x_i) per sub-layer."""
+    def fold_pieces(self) -> list[tuple[admin.OmegaResidual, list[Tensor], nn.LayerNorm]]:
+        """What fold needs of each sub-layer: (shortcut, the weights that read x_{i-1}, the LayerNorm
+        that makes x_i)."""
         return [(self.res1, [self.self_attn.in_proj_weight], self.norm1),  # Q, K, V all read x
                 (self.res2, [self.linear1.weight], self.norm2)]
 
@@ -73,7 +85,7 @@ class DecoderLayer(nn.Module):
         feed_forward = self.dropout3(self.linear2(self.dropout(F.relu(self.linear1(y)))))
         return self.norm3(self.res3(y, feed_forward))
 
-    def sublayers(self) -> list[tuple[admin.OmegaResidual, list[Tensor], nn.LayerNorm]]:
+    def fold_pieces(self) -> list[tuple[admin.OmegaResidual, list[Tensor], nn.LayerNorm]]:
         C = self.norm1.normalized_shape[0]
         return [(self.res1, [self.self_attn.in_proj_weight], self.norm1),
                 # cross-attention: only W_Q (the first C rows) reads the decoder stream y
@@ -118,7 +130,7 @@ def fold(model: Seq2Seq) -> None:
               (model.decoder, [model.tgt_tok.weight, model.tgt_pos.weight]))
     for layers, producers in stacks:
         for layer in layers:
-            for residual, readers, norm in layer.sublayers():
+            for residual, readers, norm in layer.fold_pieces():
                 admin.fold_omega(residual.omega, producers, readers)
                 residual.omega.fill_(1.0)  # the shortcut is now plain: x_{i-1} + f_i(x_{i-1})
                 producers = [norm.weight, norm.bias]

@@ -27,6 +27,7 @@ from multiprocessing import get_context
 
 import torch
 
+import cli
 import train_toy
 
 GRID_FLAGS = ("arms", "layers", "lr", "warmup", "steps", "task", "seed")  # the key of a run, in order
@@ -44,58 +45,33 @@ MS_PER_LAYER_STEP = 1.8  # a training step and its share of evaluations, per lay
 # ---------------------------------------------------------------------------------------------------
 
 
-def comma_list(parse_one, name: str):
-    """A parser for a comma-separated list of distinct values, each checked by train_toy's own rule."""
-    def parse(text: str) -> list:
-        parts = [p.strip() for p in text.split(",")]
-        if not text.strip() or any(not p for p in parts):
-            raise argparse.ArgumentTypeError(f"must be a comma-separated list of {name}, got {text!r}")
-        values = [parse_one(p) for p in parts]
-        if len(set(values)) != len(values):
-            raise argparse.ArgumentTypeError(f"has a value twice, got {text!r}")
-        return values
-    return parse
-
-
-def one_of(choices):
-    def parse(text: str) -> str:
-        if text not in choices:
-            raise argparse.ArgumentTypeError(f"must be one of {', '.join(choices)}, got {text!r}")
-        return text
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
+    """train_toy's parser (argparse parents), with the grid flags redefined as comma-separated lists."""
     p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], allow_abbrev=False,
-        epilog="Other train_toy flags (--d-model, --n-heads, --batch-size, --digits, --eval-every, "
-               "--output-change-scale, --device, --cuda-graph) pass through with one value; see "
-               "python train_toy.py --help.")
-    p.add_argument("--arms", type=comma_list(one_of(train_toy.ARMS), "arms"),
+        description=__doc__.split("\n\n")[0], allow_abbrev=False, conflict_handler="resolve",
+        parents=[train_toy.build_parser(add_help=False)],
+        epilog="The other flags are train_toy's and take one value (python train_toy.py --help).")
+    p.add_argument("--arms", type=cli.comma_list(cli.one_of(train_toy.ARMS), "arms"),
                    help=f"residual kinds, from {', '.join(train_toy.ARMS)} (default: all three)")
-    p.add_argument("--layers", type=comma_list(train_toy.whole(1, 512), "layer counts"),
+    p.add_argument("--layers", type=cli.comma_list(cli.whole(1, 512), "layer counts"),
                    help="depths (default: 6,12,24,48)")
-    p.add_argument("--lr", type=comma_list(train_toy.positive_float, "learning rates"),
+    p.add_argument("--lr", type=cli.comma_list(cli.positive_float, "learning rates"),
                    help="peak learning rates (default: 2.5e-4,5e-4,1e-3,2e-3,4e-3,8e-3)")
-    p.add_argument("--warmup", type=comma_list(train_toy.whole(0), "warm-up step counts"),
+    p.add_argument("--warmup", type=cli.comma_list(cli.whole(0), "warm-up step counts"),
                    default=[50], help="warm-up steps (default: 50, the demo's)")
-    p.add_argument("--steps", type=comma_list(train_toy.whole(1), "step budgets"), default=[200],
+    p.add_argument("--steps", type=cli.comma_list(cli.whole(1), "step budgets"), default=[200],
                    help="training budgets (default: 200, the demo's)")
-    p.add_argument("--task", type=comma_list(one_of(train_toy.TASKS), "tasks"), default=["reverse"],
+    p.add_argument("--task", type=cli.comma_list(cli.one_of(cli.TASKS), "tasks"), default=["reverse"],
                    help="tasks (default: reverse)")
-    p.add_argument("--seed", type=comma_list(train_toy.whole(0), "seeds"), help="seeds (default: 0,1,2)")
+    p.add_argument("--seed", type=cli.comma_list(cli.whole(0), "seeds"), help="seeds (default: 0,1,2)")
     p.add_argument("--quick", action="store_true",
                    help="a coarse grid for a class: arms all, layers 6,48, lr 5e-4,2e-3,8e-3, seed 0 "
                         "(flags given explicitly still win)")
-    p.add_argument("--jobs", type=train_toy.whole(1), default=1,
-                   help="worker processes. Runs are independent, so N workers on N free cores finish "
-                        "about N times sooner; on a 2-core machine --jobs 2 is no faster than --jobs 1 "
-                        "with 2 threads, because one run already uses both cores. With --device cuda "
-                        "all workers share the one GPU: with CUDA graphs each run keeps the GPU busy, "
-                        "and 9 workers on one H200 ran each step 7.8-8.4x slower than a run alone, "
-                        "about 1.1x the throughput of --jobs 1 (eager runs, which leave the GPU idle "
-                        "between kernels, gain more)")
-    p.add_argument("--threads", type=train_toy.whole(1),
+    p.add_argument("--jobs", type=cli.whole(1), default=1,
+                   help="worker processes; runs are independent, so N workers on N free cores finish "
+                        "about N times sooner (one run with 2 threads already fills 2 cores; runs that "
+                        "share one GPU take turns)")
+    p.add_argument("--threads", type=cli.whole(1),
                    help="torch threads per worker (default: the cores divided by --jobs, at least 1)")
     p.add_argument("--results", metavar="PATH", default="sweep_results.jsonl",
                    help="one JSON line per finished run; rerunning skips the runs already there")
@@ -107,21 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = build_parser()
-    args, rest = p.parse_known_args(argv)
+    args = cli.finish(p, p.parse_args(argv))
     grid = QUICK_GRID if args.quick else DEFAULT_GRID
     for name, default in grid.items():
         if getattr(args, name) is None:
             setattr(args, name, default)
-    for flag in rest:
-        if flag.startswith("--") and flag.split("=")[0] in ("--measure", "--delta", "--repeats"):
-            p.error(f"argument {flag.split('=')[0]}: is train_toy's --measure mode, not a training flag")
-    # The pass-through flags, checked by train_toy itself (its exit 2 names the flag).
-    probe = train_toy.parse_args(rest + ["--arms", args.arms[0], "--layers", str(args.layers[0])])
-    args.fixed = {name: getattr(probe, name) for name in PASS_THROUGH}
-    args.rest = rest
+    args.fixed = {name: getattr(args, name) for name in PASS_THROUGH}
     if args.threads is None:
         args.threads = max(1, (os.cpu_count() or 1) // args.jobs)
-    train_toy.check_outputs(p, {"--results": args.results, "--json": args.json, "--plot": args.plot})
+    cli.check_outputs(p, {"--results": args.results})
     return args
 
 
@@ -140,18 +110,13 @@ def run_key(point: dict) -> tuple:
             point["task"], point["seed"])
 
 
-def train_toy_argv(point: dict, rest: list[str], threads: int) -> list[str]:
-    """The train_toy command line that trains exactly this grid point."""
-    return rest + ["--arms", point["arm"], "--layers", str(point["layers"]), "--lr", repr(point["lr"]),
-                   "--warmup", str(point["warmup"]), "--steps", str(point["steps"]),
-                   "--task", point["task"], "--seed", str(point["seed"]), "--threads", str(threads)]
-
-
-def run_point(point: dict, rest: list[str], threads: int) -> dict:
-    """Train one arm as train_toy would, quietly, and return the run's line for the results file."""
-    args = train_toy.parse_args(train_toy_argv(point, rest, threads))
-    torch.set_num_threads(threads)
-    r = train_toy.train_arm(point["arm"], args, log=lambda line: None)
+def run_point(point: dict, args) -> dict:
+    """Train one arm as `python train_toy.py --arms ARM --layers L --lr LR ...` would, quietly, and
+    return the run's line for the results file."""
+    run_args = argparse.Namespace(**{**vars(args), **point, "arms": [point["arm"]]})
+    torch.set_num_threads(args.threads)
+    data = train_toy.ToyData(point["task"], args.digits, point["seed"], args.device)
+    r = train_toy.train_arm(point["arm"], run_args, data, log=lambda line: None)
     return {**point, "accuracy": r.accuracy, "final_loss": r.final_loss, "verdict": r.verdict,
             "diverged": r.diverged_at is not None, "steps_run": r.steps, "seconds": round(r.seconds, 2)}
 
@@ -246,11 +211,7 @@ def tables(runs: list[dict], args) -> str:
 
 
 def save_plot(path: str, runs: list[dict], args) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = cli.pyplot()
     by_key = {run_key(r): r for r in runs}
     fig, axes = plt.subplots(1, len(args.arms), figsize=(2.8 * len(args.arms) + 1.2, 3.4), dpi=120,
                              squeeze=False, sharey=True, constrained_layout=True)
@@ -298,10 +259,10 @@ def run_grid(todo: list[dict], args, done: dict, n_total: int, log) -> None:
 
     if args.jobs == 1:
         for point in todo:
-            finish(run_point(point, args.rest, args.threads))
+            finish(run_point(point, args))
         return
     with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(run_point, point, args.rest, args.threads) for point in todo]
+        futures = [pool.submit(run_point, point, args) for point in todo]
         try:
             for future in as_completed(futures):
                 finish(future.result())
@@ -318,7 +279,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         done = load_results(args.results, args.fixed)
     except ValueError as error:
-        build_parser().error(f"argument --results: {error}")
+        build_parser().error(f"argument --results: {error}")  # exit 2
     points = grid_points(args)
     todo = [p for p in points if run_key(p) not in done]
     config = {name: getattr(args, name) for name in GRID_FLAGS} | args.fixed
@@ -339,12 +300,7 @@ def main(argv: list[str] | None = None) -> dict:
     runs = [done[run_key(p)] for p in points if run_key(p) in done]
     log("\n" + tables(runs, args))
     out = {"config": config, "runs": runs}
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
-    if args.plot:
-        save_plot(args.plot, runs, args)
-        log(f"wrote {args.plot}")
+    cli.write_outputs(args, out, lambda path: save_plot(path, runs, args), log)
     if interrupted:
         sys.exit(130)
     return out

@@ -10,10 +10,9 @@ import torch
 
 import admin
 import train_toy
-from conftest import accelerators
-from test_admin import rel_err, tiny_config
+from testing_tools import ACCELERATORS, TINY_RUN, exit_2_error, rel_err, tiny_config
 
-DEVICES = ["cpu"] + accelerators()
+DEVICES = ["cpu"] + ACCELERATORS
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -35,25 +34,20 @@ def test_profile_fold_and_positions_stay_on_the_model_device(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_train_toy_runs_on_the_device_it_reports(device, capsys):
-    tiny = ["--layers", "1", "--d-model", "8", "--n-heads", "2", "--digits", "3", "--batch-size", "8",
-            "--steps", "4", "--eval-every", "2", "--warmup", "1", "--threads", "1"]
-    out = train_toy.main(tiny + ["--device", device])
+    out = train_toy.main(["--layers", "1", *TINY_RUN, "--device", device])
     assert out["config"]["device"].split(" ")[0] == device
     assert f"device={device}" in capsys.readouterr().out
-    assert all(arm["steps"] == 4 for arm in out["arms"].values())
+    assert all(arm["steps"] == 6 for arm in out["arms"].values())
 
 
 def test_auto_picks_an_accelerator_when_there_is_one():
     args = train_toy.parse_args([])
-    assert args.device == (accelerators() or ["cpu"])[0]
+    assert args.device == (ACCELERATORS or ["cpu"])[0]
 
 
 @pytest.mark.parametrize("absent", [d for d in ("cuda", "mps") if d not in DEVICES])
 def test_an_absent_device_is_exit_2_naming_the_flag(absent, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        train_toy.parse_args(["--device", absent])
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2
+    err = exit_2_error(train_toy.parse_args, ["--device", absent], capsys)
     assert f"argument --device: {absent} is not available on this machine (available: cpu" in err
 
 
@@ -62,13 +56,11 @@ def test_cuda_graph_replays_the_eager_step_or_is_refused_without_cuda(capsys):
     Two Adam implementations round differently (fused with a float learning rate; capturable, with
     a tensor one), by about 1e-7 per step; over 30 steps of a tiny model the held-out losses stay
     within 1e-3 of each other, and the verdicts agree. Without CUDA, asking for the graph is exit 2."""
-    tiny = ["--layers", "2", "--d-model", "16", "--n-heads", "2", "--digits", "3", "--batch-size", "8",
-            "--steps", "30", "--eval-every", "5", "--warmup", "5", "--threads", "1"]
-    if "cuda" not in accelerators():
-        with pytest.raises(SystemExit) as exit_info:
-            train_toy.parse_args(tiny + ["--device", "cpu", "--cuda-graph", "on"])
-        assert exit_info.value.code == 2
-        assert "argument --cuda-graph: on needs --device cuda" in capsys.readouterr().err
+    tiny = ["--layers", "2", *TINY_RUN, "--d-model", "16", "--steps", "30", "--eval-every", "5",
+            "--warmup", "5"]
+    if "cuda" not in ACCELERATORS:
+        err = exit_2_error(train_toy.parse_args, tiny + ["--device", "cpu", "--cuda-graph", "on"], capsys)
+        assert "argument --cuda-graph: on needs --device cuda" in err
         assert train_toy.parse_args(tiny + ["--device", "cpu"]).cuda_graph is False  # auto: off here
         return
     eager = train_toy.main(tiny + ["--device", "cuda", "--cuda-graph", "off"])

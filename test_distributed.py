@@ -12,11 +12,10 @@ import socket
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 import admin
-from test_admin import rel_err, tiny_config
+from testing_tools import rel_err, tiny_config, train_steps
 
 WORLD, STEPS, BATCH = 2, 3, 8
 
@@ -36,18 +35,11 @@ def own_batch(rank: int) -> torch.Tensor:
     return torch.randint(11, (4, 7), generator=torch.Generator().manual_seed(100 + rank))
 
 
-def train(model, data: list[torch.Tensor], part=lambda idx: idx) -> None:
+def sgd(model) -> torch.optim.SGD:
     # SGD with momentum, not Adam: the comparison below stays linear in the gradients. Adam divides
     # each gradient by its own size, and the key bias's gradient is exactly zero in exact arithmetic
     # (softmax ignores a bias shared by all keys): Adam would turn its rounding noise into updates.
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    for idx in data:
-        idx = part(idx)
-        logits = model(idx[:, :-1])
-        loss = F.cross_entropy(logits.flatten(0, 1), idx[:, 1:].flatten())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    return torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
 
 
 def omegas(state: dict) -> list[torch.Tensor]:
@@ -61,7 +53,7 @@ def worker(rank: int, port: int, out: str) -> None:
         torch.set_num_threads(1)
         # Training: each rank takes its half of every batch; DDP averages the gradients.
         model = DistributedDataParallel(fresh_model())
-        train(model, batches(), part=lambda idx: idx.chunk(WORLD)[rank])
+        train_steps(model, [idx.chunk(WORLD)[rank] for idx in batches()], sgd(model))
         torch.save(model.module.state_dict(), os.path.join(out, f"trained{rank}.pt"))
         # Profiling before wrapping, each rank on its own batch: DDP's constructor then copies rank 0's ω.
         model = fresh_model()
@@ -89,7 +81,7 @@ def test_data_parallel_training_and_where_to_profile(tmp_path):
     # differ only in the order of summation (1e-16); a gradient summed instead of averaged, or one
     # rank's half missing, would differ by 1e-3 or more.
     single = fresh_model()
-    train(single, batches())
+    train_steps(single, batches(), sgd(single))
     for rank in range(WORLD):
         trained = load(f"trained{rank}")
         for key, value in single.state_dict().items():

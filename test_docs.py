@@ -14,12 +14,21 @@ noise at all: an error that is rounding by construction is printed against a bou
 import contextlib
 import doctest
 import io
+import json
 import re
+import shlex
 from pathlib import Path
 
 import pytest
+import torch
 
 import admin
+import bench
+import cli
+import measure
+import report
+import sweep
+import train_toy
 
 ROOT = Path(__file__).parent
 DIGIT_UNITS = 2
@@ -153,3 +162,182 @@ def test_tutorial_figures_exist_and_name_the_command_that_makes_them():
         assert (ROOT / path).stat().st_size > 10_000, f"{path} missing or empty"
         assert len(alt.split()) >= 10, f"alt text of {path} does not say what it shows"
         assert f"--plot {path}" in text, f"no command in tutorial.md regenerates {path}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Shell outputs: every ```text block that is not a python block's output shows what the commands of
+# the ```bash block before it print. It is rendered again here by the current code, from the results
+# file that the same command with the same settings wrote (results/), and compared as above. What the
+# results file cannot vouch for is rerun live: the configuration line is parsed from the command as the
+# code stands now, and the first evaluation of a demo and one model of a measurement are recomputed.
+# Timings and the machine (torch version, device name) are compared by format only.
+# ---------------------------------------------------------------------------------------------------
+
+TIMING = [(re.compile(r"\d+\.\ds\b"), "#s"),  # "12.5s", "(24.7s in all)"
+          (re.compile(r"\btorch[= ]\S+"), "torch #"), (re.compile(r"device=.*?(?=, \w+=)"), "device=#"),
+          (re.compile(r"^((?:vanilla|admin|preln)\s+\d+\s.*?)\s+(?:\d+\.\d|nan)\s+(?:\d+\.\d|nan)$", re.M),
+           r"\1 # #"),  # a summary row's seconds and ms/step
+          (re.compile(r"\d+\.\d ms \(min \d+\.\d\)( = \d+\.\d\dx)?"), "# ms")]  # bench.py
+
+
+def mask_timing(text: str) -> str:
+    for pattern, replacement in TIMING:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def settings(text: str) -> list[str]:
+    """The configuration lines: settings, not measurements, so they must read exactly."""
+    return [line for line in text.splitlines() if line.startswith("configuration: ")]
+
+
+def excerpt_mismatch(printed: str, shown: str) -> str | None:
+    """output_mismatch, where a shown line "…" stands for any number of printed lines."""
+    got = mask_timing(printed).rstrip().splitlines()
+    segments = [s.strip("\n") for s in re.split(r"^\s*…\s*$", mask_timing(shown).rstrip(), flags=re.M)]
+    position = 0
+    for k, segment in enumerate(segments):
+        if not segment:
+            continue
+        n = len(segment.splitlines())
+        last = k == len(segments) - 1
+        starts = [position] if k == 0 else range(position, len(got) - n + 1)
+        for start in starts:
+            window = "\n".join(got[start:start + n])
+            if (not last or start + n == len(got)) and output_mismatch(window, segment) is None \
+                    and settings(window) == settings(segment):
+                position = start + n
+                break
+        else:
+            where = "\n".join(got[position:position + n])
+            return f"no printed lines read as:\n{segment}\nfirst candidate: {output_mismatch(where, segment)}"
+    return None
+
+
+def test_excerpt_comparison_skips_only_where_the_text_says_so():
+    printed = "a 1\nb 2.5s\nc 3\nd 4"
+    assert excerpt_mismatch(printed, "a 1\n…\nd 4") is None
+    assert excerpt_mismatch(printed, "a 1\nb 39.9s\n…") is None  # a timing reads as its format
+    assert excerpt_mismatch(printed, "…\nc 3\nd 4") is None
+    assert excerpt_mismatch(printed, "a 1\nc 3\nd 4") is not None  # a line left out without "…"
+    assert excerpt_mismatch(printed, "a 1\n…\nc 4\nd 4") is not None
+
+
+def kept_results(script: str, config: dict) -> dict:
+    """The results file in results/ that `script` wrote with these settings."""
+    machine = ("device", "torch")
+    for path in sorted((ROOT / "results").glob("*.json")):
+        kept = json.loads(path.read_text())
+        made = {k: v for k, v in kept.get("config", {}).items() if k not in machine}
+        if made == {k: v for k, v in config.items() if k not in machine} and ("arms" in kept) == (script == "train_toy"):
+            return kept
+    raise AssertionError(f"no results/*.json made by {script}.py with {config}: run the command with --json")
+
+
+def parsed(parser, argv: list[str]):
+    """The command's settings. --device cpu: the kept results were made on the CPU. --plot is set
+    after the checks, which would refuse it without matplotlib (optional, and not drawn here)."""
+    plot = argv[argv.index("--plot") + 1] if "--plot" in argv else None
+    argv = [a for i, a in enumerate(argv) if "--plot" not in argv[max(i - 1, 0):i + 1]]
+    args = cli.finish(parser, parser.parse_args(argv + ["--device", "cpu"]))
+    args.plot = plot
+    return args
+
+
+def demo_output(argv: list[str]) -> str:
+    args = parsed(train_toy.build_parser(), argv)
+    config = cli.configuration(args)
+    kept = kept_results("train_toy", config)
+    data = train_toy.ToyData(args.task, args.digits, args.seed, args.device)
+    lines, results = ["configuration: " + ", ".join(f"{k}={v}" for k, v in config.items())], []
+    for arm, r in kept["arms"].items():
+        _, loss, acc = r["history"][0]
+        live_loss, live_acc, _ = train_toy.evaluate(train_toy.make_model(arm, args.layers, args, args.seed),
+                                                    data)
+        assert (live_loss, live_acc) == pytest.approx((loss, acc), rel=1e-4), f"{arm}: kept results are stale"
+        lines.append(train_toy.arm_title(arm, args))
+        lines += [report.eval_line(arm, step, loss, acc, 0.0) for step, loss, acc in r["history"]]
+        if r["diverged_at"] is not None:
+            lines.append(f"  {arm} diverged at step {r['diverged_at']}; last finite loss …")
+        results.append(train_toy.ArmResult(arm, r["history"], r["steps"], r["diverged_at"], None, r["seconds"],
+                                           r["train_ms_per_step"], r["examples"], r["interrupted"]))
+    lines.append(train_toy.summary(results, kept["fold_error"], args.layers) + "  (0.0s in all)")
+    return "\n".join(lines + ([f"wrote {args.plot}"] if args.plot else []))
+
+
+def measure_output(argv: list[str]) -> str:
+    args = parsed(measure.build_parser(), argv)
+    config = cli.configuration(args)
+    rows = kept_results("measure", config)["rows"]
+    first = rows[0]
+    idx, _ = next(train_toy.ToyData(args.task, args.digits, args.seed, "cpu").batches(args.batch_size))
+    model = train_toy.make_model(first["arm"], first["layers"], args, args.seed).double()
+    live = measure.output_change(model, idx, args.delta, args.seed)
+    assert live == pytest.approx(first["draws"][0], rel=1e-6), "kept measurement is stale"
+    lines = ["configuration: " + ", ".join(f"{k}={v}" for k, v in config.items()), measure.header(args)]
+    lines += [measure.depth_line(rows, d) for d in sorted(args.layers)]
+    lines += [measure.table(rows, args.arms), "(0.0s)"] + ([f"wrote {args.plot}"] if args.plot else [])
+    return "\n".join(lines)
+
+
+def sweep_output(argv: list[str]) -> str:
+    argv = [a for i, a in enumerate(argv) if "--plot" not in argv[max(i - 1, 0):i + 1]]  # as parsed()
+    args = sweep.parse_args(argv + ["--device", "cpu"])
+    done = sweep.load_results(args.results, args.fixed)
+    runs = [done[sweep.run_key(p)] for p in sweep.grid_points(args) if sweep.run_key(p) in done]
+    return sweep.tables(runs, args)
+
+
+def bench_output(argv: list[str]) -> str:
+    p = bench.build_parser()
+    args = cli.finish(p, p.parse_args(argv + ["--device", "cpu"]))
+    inp = torch.zeros(args.batch_size, 2 * args.digits)
+    times = {name: [1.0, 1.0] for name in ("vanilla", "admin", "admin, fixed ω")}
+    folded = {name: [1.0, 1.0] for name in ("vanilla", "admin", "admin folded")}
+    return "\n".join([bench.header(args, inp), "training step   " + bench.report(times),
+                      "forward pass    " + bench.report(folded)])
+
+
+RENDER = {"train_toy.py": demo_output, "measure.py": measure_output, "sweep.py": sweep_output,
+          "bench.py": bench_output}
+
+
+def shell_outputs(path: Path) -> list[tuple[str, str]]:
+    """(the ```bash block before it, the ```text block) for every ```text block that is not the output
+    of the ```python block right before it."""
+    found, bash, previous_end, previous_kind = [], None, 0, None
+    text = path.read_text()
+    for block in re.finditer(r"```(\w+)\n(.*?)```", text, flags=re.S):
+        kind, body = block.groups()
+        if kind == "bash":
+            bash = body
+        elif kind == "text" and not (previous_kind == "python" and not text[previous_end:block.start()].strip()):
+            assert bash is not None, f"{path.name}: a ```text block with no command before it"
+            found.append((bash, body))
+        previous_end, previous_kind = block.end(), kind
+    return found
+
+
+def rendered(commands: str) -> str:
+    outputs = []
+    for line in commands.strip().splitlines():
+        argv = shlex.split(line.split("&&")[-1].split("#")[0])
+        assert argv[0] == "python" and argv[1] in RENDER, f"no renderer for the command {line!r}"
+        outputs.append(RENDER[argv[1]](argv[2:]))
+    return "\n".join(outputs)
+
+
+@pytest.mark.parametrize("doc", ["README.md", "tutorial.md"])
+def test_every_shown_shell_output_is_what_the_code_prints(doc):
+    pairs = shell_outputs(ROOT / doc)
+    assert pairs or doc == "README.md"
+    for commands, shown in pairs:
+        mismatch = excerpt_mismatch(rendered(commands), shown)
+        assert mismatch is None, f"{doc}, the output of\n{commands}\n{mismatch}"
+
+
+def test_a_stale_configuration_line_turns_the_check_red():
+    printed = rendered("python train_toy.py --layers 6 --json results/demo_6.json")
+    stale = printed.replace("steps=200, ", "").replace("eval_every=20, ", "eval_every=20, extra=1, ")
+    assert excerpt_mismatch(printed, stale) is not None
+    assert excerpt_mismatch(printed, printed.replace("lr=0.002", "lr=0.004")) is not None

@@ -2,6 +2,7 @@
 seq2seq_example.py (Post-LN layers built from torch parts and admin.OmegaResidual)."""
 
 import copy
+import doctest
 import math
 
 import pytest
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 
 import admin
 import seq2seq_example as s2s
-from test_admin import fold_error, rel_err
+from testing_tools import fold_error, rel_err, shortcut_inputs, train_steps
 
 VOCAB = 13
 
@@ -26,28 +27,6 @@ def batch(seed: int, B=3, S=7, T=5) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randint(VOCAB, (B, S), generator=gen), torch.randint(VOCAB, (B, T), generator=gen)
 
 
-def shortcut_inputs(model, src, tgt) -> list[tuple]:
-    """(residual, x_{i-1}, f_i(x_{i-1})) for every OmegaResidual, in call order, from an eval pass."""
-    seen = []
-    hooks = [m.register_forward_hook(lambda m, args, out: seen.append((m, *args)))
-             for m in model.modules() if isinstance(m, admin.OmegaResidual)]
-    with torch.no_grad():
-        model.eval()(src, tgt)
-    for h in hooks:
-        h.remove()
-    return seen
-
-
-def train_steps(model, src, tgt, steps=3) -> None:
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(steps):
-        logits = model.train()(src, tgt[:, :-1])
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tgt[:, 1:].flatten())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-
 # d_model >= 2: a LayerNorm over one feature outputs its bias whatever comes in, so from the first
 # sub-layer on nothing varies, profiling has no variance to measure and refuses (tested below).
 shapes = st.fixed_dictionaries({"heads": st.integers(1, 3), "head_dim": st.integers(2, 4),
@@ -55,12 +34,17 @@ shapes = st.fixed_dictionaries({"heads": st.integers(1, 3), "head_dim": st.integ
                                 "n_decoder": st.integers(1, 3)})
 
 
+def test_module_docstring_example_runs():
+    result = doctest.testmod(s2s, optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 13 and result.failed == 0, result
+
+
 def test_closed_form_omega_per_stack():
     model = build(0, n_encoder=4, n_decoder=3)
     for layer in model.encoder:  # 2 sub-layers per encoder layer: n = 2 × 4
-        assert all(torch.all(r.omega == admin.calculate_init(8)) for r, _, _ in layer.sublayers())
+        assert all(torch.all(r.omega == admin.calculate_init(8)) for r, _, _ in layer.fold_pieces())
     for layer in model.decoder:  # 3 per decoder layer: n = 3 × 3
-        assert all(torch.all(r.omega == admin.calculate_init(9)) for r, _, _ in layer.sublayers())
+        assert all(torch.all(r.omega == admin.calculate_init(9)) for r, _, _ in layer.fold_pieces())
 
 
 @given(shape=shapes, seed=st.integers(0, 2**16))
@@ -94,7 +78,7 @@ def test_profile_train_fold_gives_the_same_logits(dtype, shape, seed):
     model = build(seed, **shape).to(dtype)
     src, tgt = batch(seed)
     admin.profile_omega(model, src, tgt, stacks=[model.encoder, model.decoder])
-    train_steps(model, src, tgt)  # ω is now a vector with different entries
+    train_steps(model, [(src, tgt)] * 3)  # three Adam steps: ω is now a vector of different entries
     trained = copy.deepcopy(model).eval()
     s2s.fold(model)
     assert all(torch.all(m.omega == 1) for m in model.modules() if isinstance(m, admin.OmegaResidual))
@@ -104,7 +88,7 @@ def test_profile_train_fold_gives_the_same_logits(dtype, shape, seed):
 
 def test_folded_layers_are_pytorch_transformer_layers():
     model, (src, tgt) = build(2, heads=2, head_dim=6, d_ff=20).double(), batch(2)
-    train_steps(model, src, tgt)
+    train_steps(model, [(src, tgt)] * 3)
     s2s.fold(model)
     model.eval()
     C, H, F = 12, 2, 20
@@ -127,7 +111,7 @@ def test_folding_cross_attention_keys_and_values_too_is_wrong():
     """Only W_Q of cross-attention reads the decoder stream: folding W_K and W_V as well changes
     the function (they read the encoder's output, which carries no ω of this sub-layer)."""
     model, (src, tgt) = build(3).double(), batch(3)
-    train_steps(model, src, tgt)
+    train_steps(model, [(src, tgt)] * 3)
     trained = copy.deepcopy(model).eval()
     layer = model.decoder[0]
     C = layer.norm1.normalized_shape[0]

@@ -1,18 +1,18 @@
 """Tests for the stability map, sweep.py: tiny models, a few steps per run."""
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+import cli
 import sweep
 import train_toy
+from testing_tools import TINY_RUN, command_line_error, exit_2_error
 
 ROOT = Path(__file__).parent
-TINY = ["--d-model", "8", "--n-heads", "2", "--digits", "3", "--batch-size", "8", "--eval-every", "3",
-        "--steps", "6", "--warmup", "2", "--threads", "1"]
+TINY = TINY_RUN
 
 
 def grid(tmp_path, *extra, name="results.jsonl"):
@@ -92,10 +92,7 @@ def test_a_results_file_with_other_fixed_settings_is_refused(tmp_path, capsys):
     sweep.main(grid(tmp_path, "--arms", "admin", "--layers", "1", "--lr", "1e-3", "--seed", "0"))
     other = grid(tmp_path, "--arms", "admin", "--layers", "1", "--lr", "1e-3", "--seed", "0")
     other[other.index("--d-model") + 1] = "16"
-    with pytest.raises(SystemExit) as exit_info:
-        sweep.main(other)
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2
+    err = exit_2_error(sweep.main, other, capsys)
     assert "argument --results" in err and "d_model=8 (now 16)" in err
 
 
@@ -122,36 +119,26 @@ def test_the_table_marks_divergence_and_counts_seeds():
     (["--lr", "1e-3,1e-3"], "--lr"), (["--layers", "6,,12"], "--layers"), (["--layers", "0"], "--layers"),
     (["--arms", "admin,bogus"], "--arms"), (["--seed", "1,1"], "--seed"), (["--task", "sort"], "--task"),
     (["--jobs", "0"], "--jobs"), (["--results", "/no/such/folder/r.jsonl"], "--results"),
-    (["--d-model", "30", "--n-heads", "4"], "--n-heads"), (["--measure", "6"], "--measure"),
+    (["--d-model", "30", "--n-heads", "4"], "--n-heads"),
 ])
 def test_bad_input_exits_2_naming_the_flag(argv, flag, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        sweep.parse_args(argv)
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2
-    assert f"argument {flag}" in err and "Traceback" not in err, err
+    assert f"argument {flag}" in exit_2_error(sweep.parse_args, argv, capsys)
 
 
 def test_bad_input_on_the_real_command_line_has_no_traceback():
-    proc = subprocess.run([sys.executable, "sweep.py", "--lr", "1e-3,-1"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2 and "argument --lr: must be a positive number, got '-1'" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert "argument --lr: must be a positive number, got '-1'" in command_line_error("sweep.py", ["--lr", "1e-3,-1"])
 
 
 def test_the_sweep_takes_train_toys_device_flag(tmp_path, capsys):
     args = sweep.parse_args(["--device", "cpu", "--results", str(tmp_path / "r.jsonl")])
     assert args.fixed["device"] == "cpu"
-    absent = next(d for d in ("cuda", "mps") if d not in train_toy.available_devices())
-    with pytest.raises(SystemExit) as exit_info:
-        sweep.parse_args(["--device", absent, "--results", str(tmp_path / "r.jsonl")])
-    assert exit_info.value.code == 2
-    assert f"argument --device: {absent} is not available" in capsys.readouterr().err
+    absent = next(d for d in ("cuda", "mps") if d not in cli.available_devices())
+    err = exit_2_error(sweep.parse_args, ["--device", absent, "--results", str(tmp_path / "r.jsonl")], capsys)
+    assert f"argument --device: {absent} is not available" in err
 
 
 def test_plot_without_matplotlib_is_a_clear_error(monkeypatch, capsys, tmp_path):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
-    with pytest.raises(SystemExit) as exit_info:
-        sweep.parse_args(["--plot", str(tmp_path / "map.png"), "--results", str(tmp_path / "r.jsonl")])
-    assert exit_info.value.code == 2
-    assert "argument --plot: needs matplotlib" in capsys.readouterr().err
+    err = exit_2_error(sweep.parse_args, ["--plot", str(tmp_path / "map.png"), "--results", str(tmp_path / "r.jsonl")],
+                       capsys)
+    assert "argument --plot: needs matplotlib" in err
