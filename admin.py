@@ -105,6 +105,17 @@ def calculate_init(num_res_layers: int, output_change_scale: str = "O(logn)") ->
     return OMEGA_FORMULAS[output_change_scale](n)
 
 
+def deepnorm_alpha(n_layers: int) -> float:
+    """DeepNet's fixed shortcut scale, a relative of ω (Wang et al., 2022, for an encoder-only or
+    decoder-only stack of N layers): α = (2N)^(1/4). N counts layers, where ω's n counts sub-layers."""
+    return (2 * whole_number(n_layers, "n_layers", "layers in the stack")) ** 0.25
+
+
+def deepnorm_beta(n_layers: int) -> float:
+    """DeepNet's scale of the initial value, output and feed-forward weights, same stack: (8N)^(-1/4)."""
+    return (8 * whole_number(n_layers, "n_layers", "layers in the stack")) ** -0.25
+
+
 # ---------------------------------------------------------------------------------------------------
 # 2. The ω residual: the shortcut of one sub-layer
 # ---------------------------------------------------------------------------------------------------
@@ -151,17 +162,18 @@ class PlainResidual(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------
-# 3. A small causal Transformer: Post-LN (vanilla or Admin) and the Pre-LN baseline
+# 3. A small causal Transformer: Post-LN (vanilla, Admin or DeepNorm) and the Pre-LN baseline
 # ---------------------------------------------------------------------------------------------------
 
-RESIDUALS = ("admin", "vanilla", "preln")
+RESIDUALS = ("admin", "vanilla", "preln", "deepnorm")
 
 
 @dataclass
 class TransformerConfig:
-    """Sizes and the residual kind. residual: "admin" (Post-LN with ω), "vanilla" (Post-LN, ω = 1)
-    or "preln" (Pre-LN baseline). For "admin", ω = calculate_init(2 * n_layers, output_change_scale),
-    a trainable vector per sub-layer if omega_as_parameter (the paper), else a fixed scalar."""
+    """Sizes and the residual kind. residual: "admin" (Post-LN with ω), "vanilla" (Post-LN, ω = 1),
+    "preln" (Pre-LN baseline) or "deepnorm" (Post-LN with DeepNet's fixed α and initial scale β).
+    For "admin", ω = calculate_init(2 * n_layers, output_change_scale), a trainable vector per
+    sub-layer if omega_as_parameter (the paper), else a fixed scalar."""
 
     vocab_size: int = 16
     max_len: int = 64
@@ -221,8 +233,9 @@ class CausalSelfAttention(nn.Module):
 class Block(nn.Module):
     """One layer: causal self-attention, then a ReLU feed-forward network, each a residual sub-layer.
 
-    Post-LN (residual "admin" or "vanilla"): the LayerNorm comes after the residual add, and the
-    shortcut is scaled by ω (res1, res2 are OmegaResidual for Admin, PlainResidual for vanilla).
+    Post-LN (residual "admin", "vanilla" or "deepnorm"): the LayerNorm comes after the residual add,
+    and the shortcut is scaled by ω (res1, res2 are OmegaResidual for Admin, and for DeepNorm with
+    its fixed α as ω; PlainResidual for vanilla).
     Pre-LN ("preln"): the LayerNorm comes before the branch. Submodule and parameter names follow
     torch.nn.TransformerEncoderLayer, so a vanilla block's state_dict loads into one unchanged.
     """
@@ -239,6 +252,9 @@ class Block(nn.Module):
             omega = calculate_init(2 * config.n_layers, config.output_change_scale)
             self.res1 = OmegaResidual(omega, config.omega_as_parameter, C)
             self.res2 = OmegaResidual(omega, config.omega_as_parameter, C)
+        elif config.residual == "deepnorm":  # DeepNet: x_i = LN(α x_{i-1} + f_i(x_{i-1})), α fixed
+            alpha = deepnorm_alpha(config.n_layers)
+            self.res1, self.res2 = OmegaResidual(alpha), OmegaResidual(alpha)
         else:
             self.res1, self.res2 = PlainResidual(), PlainResidual()
 
@@ -247,6 +263,15 @@ class Block(nn.Module):
 
     def feed_forward(self, x: Tensor) -> Tensor:
         return self.dropout2(self.linear2(self.dropout(F.relu(self.linear1(x)))))  # (B, T, C)
+
+    @torch.no_grad()
+    def scale_branch_weights(self, beta: float) -> None:
+        """DeepNet's initial scale: V (the last third of Q, K, V), the output projection and both
+        feed-forward weights times beta; Q and K untouched."""
+        C = self.linear1.in_features
+        for w in (self.self_attn.in_proj_weight[2 * C:], self.self_attn.out_proj.weight,
+                  self.linear1.weight, self.linear2.weight):
+            w.mul_(beta)
 
     def sublayers(self) -> list[SubLayer]:
         """forward's two sub-layers as data, for profiling and the fold (a test checks they agree)."""
@@ -286,6 +311,9 @@ class PostLNTransformer(nn.Module):
             elif isinstance(module, CausalSelfAttention):
                 for w in module.in_proj_weight.chunk(3):  # Q, K, V: (C, C) each
                     nn.init.xavier_uniform_(w)
+        if config.residual == "deepnorm":  # DeepNet's β, once, after the draws: the same random numbers
+            for block in self.blocks:
+                block.scale_branch_weights(deepnorm_beta(config.n_layers))
 
     def sublayers(self) -> list[SubLayer]:
         """All residual sub-layers in order: i = 1 … 2 * n_layers."""
@@ -425,9 +453,10 @@ def reparameterize(model: PostLNTransformer) -> PostLNTransformer:
     feed-forward linear as readers.
     """
     residual = getattr(getattr(model, "config", None), "residual", None)
-    if not isinstance(model, PostLNTransformer) or residual != "admin":
-        raise ValueError(f"reparameterize needs a PostLNTransformer with residual='admin', "
-                         f"got {type(model).__name__} with residual={residual!r}")
+    if not isinstance(model, PostLNTransformer) or residual not in ("admin", "deepnorm"):
+        raise ValueError(f"reparameterize needs a PostLNTransformer with residual='admin' (or "
+                         f"'deepnorm', whose α folds as a constant ω), got {type(model).__name__} "
+                         f"with residual={residual!r}")
     omega_keys = {f"{name}.omega" for name, module in model.named_modules()
                   if isinstance(module, OmegaResidual)}
     with torch.device("meta"):  # no memory and no random numbers spent on a throw-away init

@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
         p.error("argument --device: measure.py computes in float64, which mps does not support; "
                 "use --device cpu")
     args.layers = sorted(args.layers)
-    torch.set_num_threads(args.threads)
+    cli.start(args)
     log = lambda line: print(line, flush=True)  # noqa: E731
     config = cli.configuration(args)
     log("configuration: " + ", ".join(f"{k}={v}" for k, v in config.items()))

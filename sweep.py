@@ -6,8 +6,8 @@
 
 Every grid point is one run of train_toy's training, exactly as `python train_toy.py --arms ARM
 --layers L --lr LR ...` would train that arm (same model, batches, schedule, verdict). The flags are
-train_toy's, with the same names; --arms, --layers, --lr, --warmup, --steps, --task and --seed take
-comma-separated lists and the grid is their product. Other train_toy flags (--d-model, --batch-size,
+train_toy's, with the same names; --arms, --layers, --lr, --warmup, --steps, --task, --seed and --omega
+take comma-separated lists and the grid is their product (--omega varies the admin arm alone). Other train_toy flags (--d-model, --batch-size,
 --digits, --n-heads, --eval-every, --output-change-scale) pass through with one value.
 
 Each finished run is appended to --results as one JSON line, so an interrupted sweep loses only the
@@ -30,7 +30,7 @@ import torch
 import cli
 import train_toy
 
-GRID_FLAGS = ("arms", "layers", "lr", "warmup", "steps", "task", "seed")  # the key of a run, in order
+GRID_FLAGS = ("arms", "layers", "lr", "warmup", "steps", "task", "seed", "omega")  # a run's key, in order
 PASS_THROUGH = ("d_model", "n_heads", "batch_size", "digits", "eval_every", "output_change_scale", "device",
                 "cuda_graph")
 DEFAULT_GRID = {"arms": ["vanilla", "admin", "preln"], "layers": [6, 12, 24, 48],
@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", type=cli.comma_list(cli.one_of(cli.TASKS), "tasks"), default=["reverse"],
                    help="tasks (default: reverse)")
     p.add_argument("--seed", type=cli.comma_list(cli.whole(0), "seeds"), help="seeds (default: 0,1,2)")
+    p.add_argument("--omega", type=cli.comma_list(cli.one_of(("closed", "profiled")), "ω kinds"),
+                   default=["closed"], help="the admin arm's ω: closed (form), profiled, or both")
     p.add_argument("--quick", action="store_true",
                    help="a coarse grid for a class: arms all, layers 6,48, lr 5e-4,2e-3,8e-3, seed 0 "
                         "(flags given explicitly still win)")
@@ -100,21 +102,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ---------------------------------------------------------------------------------------------------
 
 
+def panels(args) -> list[tuple[str, str]]:
+    """(arm, ω kind) pairs: --omega varies the admin arm alone (the other arms have no ω to profile)."""
+    return [(arm, omega) for arm in args.arms for omega in (args.omega if arm == "admin" else ["closed"])]
+
+
+def panel_title(arm: str, omega: str) -> str:
+    return arm if omega == "closed" else f"{arm} (profiled ω)"
+
+
 def grid_points(args) -> list[dict]:
-    keys = ("arm",) + GRID_FLAGS[1:]
-    return [dict(zip(keys, values)) for values in itertools.product(*(getattr(args, f) for f in GRID_FLAGS))]
+    values = list(itertools.product(*(getattr(args, f) for f in GRID_FLAGS[1:-1])))
+    return [{"arm": arm, **dict(zip(GRID_FLAGS[1:-1], v)), "omega": omega}
+            for arm, omega in panels(args) for v in values]
 
 
 def run_key(point: dict) -> tuple:
+    """A run's identity; results files from before --omega hold closed-form runs."""
     return (point["arm"], point["layers"], float(point["lr"]), point["warmup"], point["steps"],
-            point["task"], point["seed"])
+            point["task"], point["seed"], point.get("omega", "closed"))
 
 
 def run_point(point: dict, args) -> dict:
     """Train one arm as `python train_toy.py --arms ARM --layers L --lr LR ...` would, quietly, and
     return the run's line for the results file."""
     run_args = argparse.Namespace(**{**vars(args), **point, "arms": [point["arm"]]})
-    torch.set_num_threads(args.threads)
+    cli.start(run_args)
     data = train_toy.ToyData(point["task"], args.digits, point["seed"], args.device)
     r = train_toy.train_arm(point["arm"], run_args, data, log=lambda line: None)
     return {**point, "accuracy": r.accuracy, "final_loss": r.final_loss, "verdict": r.verdict,
@@ -179,8 +192,8 @@ def minutes(seconds: float) -> str:
 
 
 def progress_line(i: int, n: int, run: dict, elapsed: float, left: float | None) -> str:
-    settings = (f"{run['arm']:<7} layers={run['layers']:<3} lr={run['lr']:g} warmup={run['warmup']} "
-                f"steps={run['steps']} {run['task']} seed={run['seed']}")
+    settings = (f"{panel_title(run['arm'], run.get('omega', 'closed')):<7} layers={run['layers']:<3} "
+                f"lr={run['lr']:g} warmup={run['warmup']} steps={run['steps']} {run['task']} seed={run['seed']}")
     eta = "" if left is None else f", about {minutes(left)} left"
     return (f"[{i:>{len(str(n))}}/{n}] {settings}: {run['verdict']} (accuracy "
             f"{100 * run['accuracy']:.1f}%, loss {run['final_loss']:.4f}, {run['steps_run']} steps, "
@@ -192,15 +205,17 @@ def tables(runs: list[dict], args) -> str:
     columns, each cell "learned/seeds"; '!' marks a cell where a run diverged to a non-finite loss."""
     out = []
     by_key = {run_key(r): r for r in runs}
-    for arm, warmup, steps, task in itertools.product(args.arms, args.warmup, args.steps, args.task):
-        title = f"{arm}: runs that learned (>= 99% exact) / seeds"
+    for (arm, omega), warmup, steps, task in itertools.product(panels(args), args.warmup, args.steps,
+                                                               args.task):
+        title = f"{panel_title(arm, omega)}: runs that learned (>= 99% exact) / seeds"
         if len(args.warmup) * len(args.steps) * len(args.task) > 1:
             title += f", warmup {warmup}, steps {steps}, {task}"
         lines = [title, f"{'lr':>9} |" + "".join(f"{f'{d} layers':>11}" for d in args.layers)]
         for lr in args.lr:
             cells = []
             for layers in args.layers:
-                found = [by_key.get((arm, layers, float(lr), warmup, steps, task, s)) for s in args.seed]
+                found = [by_key.get((arm, layers, float(lr), warmup, steps, task, s, omega))
+                         for s in args.seed]
                 found = [r for r in found if r is not None]
                 cell = (f"{sum(r['verdict'] == 'learned' for r in found)}/{len(found)}"
                         + ("!" if any(r["diverged"] for r in found) else "")) if found else "-"
@@ -213,13 +228,13 @@ def tables(runs: list[dict], args) -> str:
 def save_plot(path: str, runs: list[dict], args) -> None:
     plt = cli.pyplot()
     by_key = {run_key(r): r for r in runs}
-    fig, axes = plt.subplots(1, len(args.arms), figsize=(2.8 * len(args.arms) + 1.2, 3.4), dpi=120,
+    fig, axes = plt.subplots(1, len(panels(args)), figsize=(2.8 * len(panels(args)) + 1.2, 3.4), dpi=120,
                              squeeze=False, sharey=True, constrained_layout=True)
-    for ax, arm in zip(axes[0], args.arms):
+    for ax, (arm, omega) in zip(axes[0], panels(args)):
         share = [[0.0] * len(args.layers) for _ in args.lr]
         for i, lr in enumerate(args.lr):
             for j, layers in enumerate(args.layers):
-                found = [by_key.get((arm, layers, float(lr), w, st, t, s)) for w in args.warmup
+                found = [by_key.get((arm, layers, float(lr), w, st, t, s, omega)) for w in args.warmup
                          for st in args.steps for t in args.task for s in args.seed]
                 found = [r for r in found if r is not None]
                 learned = sum(r["verdict"] == "learned" for r in found)
@@ -230,7 +245,7 @@ def save_plot(path: str, runs: list[dict], args) -> None:
         ax.set_xticks(range(len(args.layers)), [str(d) for d in args.layers])
         ax.set_yticks(range(len(args.lr)), [f"{lr:g}" for lr in args.lr])
         ax.set_xlabel("layers")
-        ax.set_title(arm)
+        ax.set_title(panel_title(arm, omega))
     axes[0][0].set_ylabel("peak learning rate")
     fig.colorbar(image, ax=axes[0].tolist(), label="share of seeds that learned")
     fig.savefig(path)

@@ -215,7 +215,7 @@ def test_profiling_the_built_in_model_gives_the_values_of_the_walk(layers, as_pa
 # logit is the head's bias (zero here) and a relative error has no meaning; in bfloat16 the rounded
 # mean even makes x − mean a nonzero speck that eps then magnifies. Widths 2 and 3, the
 # near-degenerate ones, stay in.
-foldable_configs = configs(min_d_model=2)
+foldable_configs = configs(residuals=("admin", "deepnorm"), min_d_model=2)
 
 
 def check_reparameterization(model, idx, gen):
@@ -229,12 +229,38 @@ def check_reparameterization(model, idx, gen):
     return plain
 
 
+@given(cfg=configs(), seed=seeds)
+def test_deepnorm_is_vanilla_with_alpha_on_every_shortcut_and_beta_on_v_out_and_ffn(cfg, seed):
+    """DeepNorm (Wang et al., 2022) is the vanilla model of the same seed with two changes: every
+    shortcut is scaled by the fixed α = (2N)^(1/4), and the initial V (the last third of the stacked
+    Q, K, V), output projection and both feed-forward weights are multiplied by β = (8N)^(-1/4);
+    Q, K, biases, LayerNorms, embeddings and head are untouched. Exact: one multiplication each."""
+    C, N = cfg.d_model, cfg.n_layers
+    torch.manual_seed(seed)
+    vanilla = admin.PostLNTransformer(dataclasses.replace(cfg, residual="vanilla"))
+    torch.manual_seed(seed)
+    deep = admin.PostLNTransformer(dataclasses.replace(cfg, residual="deepnorm"))
+    alpha, beta = admin.deepnorm_alpha(N), admin.deepnorm_beta(N)
+    scaled = {f"blocks.{i}.{name}" for i in range(N) for name in
+              ("self_attn.out_proj.weight", "linear1.weight", "linear2.weight")}
+    want = vanilla.state_dict()
+    for name, value in deep.state_dict().items():
+        if name.endswith(".omega"):
+            assert torch.equal(value, torch.tensor([alpha])) and name not in dict(deep.named_parameters())
+        elif name.endswith("in_proj_weight"):
+            assert torch.equal(value[: 2 * C], want[name][: 2 * C]), f"{name}: Q or K scaled"
+            assert torch.equal(value[2 * C:], want[name][2 * C:] * beta), f"{name}: V not scaled by β"
+        else:
+            assert torch.equal(value, want[name] * beta if name in scaled else want[name]), name
+
+
 @given(cfg=foldable_configs, batch=batches, length=lengths, seed=seeds)
 def test_reparameterized_model_has_the_same_logits_float64(cfg, batch, length, seed):
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = admin.PostLNTransformer(cfg).double()
-    randomize_omegas(model, gen)
+    if cfg.residual == "admin":  # DeepNorm keeps its α: it folds as built
+        randomize_omegas(model, gen)
     check_reparameterization(model, torch.randint(11, (batch, length), generator=gen), gen)
 
 
@@ -250,7 +276,8 @@ def test_reparameterized_model_has_the_same_logits_in_low_precision(dtype, cfg, 
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = admin.PostLNTransformer(cfg).to(dtype)
-    randomize_omegas(model, gen)
+    if cfg.residual == "admin":
+        randomize_omegas(model, gen)
     check_reparameterization(model, torch.randint(11, (2, 7), generator=gen), gen)
 
 
@@ -278,6 +305,18 @@ def test_calculate_init_matches_published_examples():
     assert round(admin.calculate_init(12, "O(1)"), 3) == 3.464
     assert round(admin.calculate_init(96), 3) == 4.495
     assert round(admin.calculate_init(96, "O(1)"), 3) == 9.798
+
+
+def test_deepnorm_constants_are_deepnets_decoder_only_formulas():
+    """α = (2N)^(1/4) and β = (8N)^(-1/4) for N layers (DeepNet, encoder-only or decoder-only), computed
+    another way, and the values quoted for N = 6 and N = 48 (PAPER_NOTES: 1.861/0.380, 3.130/0.226)."""
+    for N in range(1, 1001):
+        assert math.isclose(admin.deepnorm_alpha(N), math.exp(math.log(2 * N) / 4), rel_tol=1e-13)
+        assert math.isclose(admin.deepnorm_beta(N), 1 / math.sqrt(math.sqrt(8 * N)), rel_tol=1e-13)
+    assert [round(f(6), 3) for f in (admin.deepnorm_alpha, admin.deepnorm_beta)] == [1.861, 0.380]
+    assert [round(f(48), 3) for f in (admin.deepnorm_alpha, admin.deepnorm_beta)] == [3.130, 0.226]
+    with pytest.raises(ValueError, match="n_layers must be a whole number >= 1"):
+        admin.deepnorm_alpha(0)
 
 
 def test_log_scale_increases_and_grows_slower_than_constant_scale():

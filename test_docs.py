@@ -25,6 +25,7 @@ import torch
 import admin
 import bench
 import cli
+import deep_end
 import measure
 import report
 import sweep
@@ -177,7 +178,8 @@ TIMING = [(re.compile(r"\d+\.\ds\b"), "#s"),  # "12.5s", "(24.7s in all)"
           (re.compile(r"\btorch[= ]\S+"), "torch #"), (re.compile(r"device=.*?(?=, \w+=)"), "device=#"),
           (re.compile(r"^((?:vanilla|admin|preln)\s+\d+\s.*?)\s+(?:\d+\.\d|nan)\s+(?:\d+\.\d|nan)$", re.M),
            r"\1 # #"),  # a summary row's seconds and ms/step
-          (re.compile(r"\d+\.\d ms \(min \d+\.\d\)( = \d+\.\d\dx)?"), "# ms")]  # bench.py
+          (re.compile(r"\d+\.\d ms \(min \d+\.\d\)( = \d+\.\d\dx)?"), "# ms"),  # bench.py
+          (re.compile(r"\d+\.\d ms (first|last) 10"), r"# ms \1 10"), (re.compile(r"= \d+\.\d\dx$", re.M), "= #x")]
 
 
 def mask_timing(text: str) -> str:
@@ -291,15 +293,35 @@ def sweep_output(argv: list[str]) -> str:
 def bench_output(argv: list[str]) -> str:
     p = bench.build_parser()
     args = cli.finish(p, p.parse_args(argv + ["--device", "cpu"]))
-    inp = torch.zeros(args.batch_size, 2 * args.digits)
-    times = {name: [1.0, 1.0] for name in ("vanilla", "admin", "admin, fixed ω")}
-    folded = {name: [1.0, 1.0] for name in ("vanilla", "admin", "admin folded")}
-    return "\n".join([bench.header(args, inp), "training step   " + bench.report(times),
-                      "forward pass    " + bench.report(folded)])
+    inp, one = torch.zeros(args.batch_size, 2 * args.digits), [1.0] * 10  # timings: compared by format
+    if args.stuck:
+        return "\n".join([bench.header(args, inp)] + [bench.stuck_line(flush, {"vanilla": one, "admin": one})
+                                                       for flush in (False, True)])
+    return "\n".join([bench.header(args, inp), "training step   " + bench.report(dict.fromkeys(bench.TRAINED, one)),
+                      "forward pass    " + bench.report(dict.fromkeys(bench.FORWARD, one))])
+
+
+def deep_end_output(argv: list[str]) -> str:
+    args = deep_end.parse_args(argv + ["--device", "cpu"])
+    config = cli.configuration(args)
+    kept = kept_results("deep_end", config)
+    lines = [deep_end.config_line(config)]
+    if args.what == "step":
+        first = kept["steps"][0]  # the first step of the first model, again
+        model = deep_end.make_model(first["arm"], first["layers"], args, first["seed"])
+        data = train_toy.ToyData(args.task, args.digits, first["seed"], "cpu")
+        live = deep_end.step_changes(model, train_toy.make_step(model, args), next(data.batches(args.batch_size)),
+                                     first["lr"], data.eval_input, first["seed"])
+        assert live["all"][0] == pytest.approx(first["changes"]["all"][0], rel=1e-2), "kept steps are stale"
+        lines += [deep_end.step_line(kept["steps"], arm, layers) for layers in args.layers for arm in args.arms]
+    else:  # a watched run takes minutes: the kept records are shown as they were printed
+        lines += [deep_end.watch_line(run["arm"], run["seed"], r, 0.0) for run in kept["runs"] for r in run["records"]]
+        lines.append(deep_end.watch_table(kept["runs"]))
+    return "\n".join(lines + ["(0.0s)"])
 
 
 RENDER = {"train_toy.py": demo_output, "measure.py": measure_output, "sweep.py": sweep_output,
-          "bench.py": bench_output}
+          "bench.py": bench_output, "deep_end.py": deep_end_output}
 
 
 def shell_outputs(path: Path) -> list[tuple[str, str]]:

@@ -26,7 +26,7 @@ def test_a_2x2_grid_end_to_end(tmp_path, capsys):
     assert json.loads((tmp_path / "map.json").read_text()) == json.loads(json.dumps(out))
     assert [(r["arm"], r["layers"]) for r in out["runs"]] == [
         ("vanilla", 1), ("vanilla", 2), ("admin", 1), ("admin", 2)]
-    keys = {"arm", "layers", "lr", "warmup", "steps", "task", "seed", "accuracy", "final_loss",
+    keys = {"arm", "layers", "lr", "warmup", "steps", "task", "seed", "omega", "accuracy", "final_loss",
             "verdict", "diverged", "steps_run", "seconds"}
     assert all(set(r) == keys for r in out["runs"])
     assert out["config"]["d_model"] == 8 and out["config"]["layers"] == [1, 2]
@@ -142,3 +142,18 @@ def test_plot_without_matplotlib_is_a_clear_error(monkeypatch, capsys, tmp_path)
     err = exit_2_error(sweep.parse_args, ["--plot", str(tmp_path / "map.png"), "--results", str(tmp_path / "r.jsonl")],
                        capsys)
     assert "argument --plot: needs matplotlib" in err
+
+
+def test_omega_varies_the_admin_arm_alone_and_old_results_read_as_closed_form(tmp_path, capsys):
+    argv = grid(tmp_path, "--arms", "vanilla,admin", "--layers", "1", "--lr", "1e-3", "--seed", "0",
+                "--omega", "closed,profiled")
+    out = sweep.main(argv)
+    assert [(r["arm"], r["omega"]) for r in out["runs"]] == [
+        ("vanilla", "closed"), ("admin", "closed"), ("admin", "profiled")]
+    printed = capsys.readouterr().out
+    assert "admin (profiled ω): runs that learned" in printed
+    alone = train_toy.main(TINY + ["--arms", "admin", "--layers", "1", "--lr", "1e-3", "--omega", "profiled"])
+    assert out["runs"][2]["final_loss"] == alone["arms"]["admin"]["final_loss"]
+    assert out["runs"][2]["final_loss"] != out["runs"][1]["final_loss"]
+    old = {k: v for k, v in out["runs"][1].items() if k != "omega"}  # a line written before --omega
+    assert sweep.run_key(old) == sweep.run_key(out["runs"][1])

@@ -153,3 +153,24 @@ def test_plot_without_matplotlib_is_a_clear_error(monkeypatch, capsys, tmp_path)
 def test_fold_verdict_says_rounding_below_the_bound_and_the_number_above_it():
     assert report.fold_verdict(3e-7) == "same logits (relative error < 1e-04: float32 rounding)"
     assert report.fold_verdict(2e-2) == "logits DIFFER (relative error 2.0e-02 >= 1e-04)"
+
+
+def test_profiled_omega_is_profiled_on_the_first_training_batch_before_any_step(monkeypatch, capsys):
+    seen = []
+    real = train_toy.admin.profile_omega
+
+    def profile(model, batch):
+        seen.append((batch.clone(), [p.detach().clone() for p in model.parameters()]))
+        return real(model, batch)
+
+    monkeypatch.setattr(train_toy.admin, "profile_omega", profile)
+    profiled = train_toy.main(TINY + ["--arms", "vanilla,admin,preln", "--omega", "profiled"])
+    assert len(seen) == 1, "profiled for another arm than admin, or not once"
+    batch, weights = seen[0]
+    data = train_toy.ToyData("reverse", 3, 0)
+    assert torch.equal(batch, next(data.batches(8))[0]), "not the first training batch"
+    fresh = train_toy.make_model("admin", 1, train_toy.parse_args(TINY + ["--device", "cpu"]), 0)
+    assert all(torch.equal(a, b) for a, b in zip(weights, fresh.parameters())), "profiled after a step"
+    closed = train_toy.main(TINY + ["--arms", "admin"])
+    assert profiled["arms"]["admin"]["history"][0] != closed["arms"]["admin"]["history"][0]
+    assert "ω profiled on the first batch" in capsys.readouterr().out

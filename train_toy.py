@@ -7,8 +7,10 @@
 Every arm trains the same admin.PostLNTransformer (same initial weights: ω adds no random draws), on the
 same batches, with the same optimizer and schedule; only the residual differs:
     vanilla  x_i = LN(x_{i-1} + f_i(x_{i-1}))           Post-LN
-    admin    x_i = LN(ω_i ⊙ x_{i-1} + f_i(x_{i-1}))     Post-LN, ω = admin.calculate_init(2 * layers)
+    admin    x_i = LN(ω_i ⊙ x_{i-1} + f_i(x_{i-1}))     Post-LN, ω = admin.calculate_init(2 * layers),
+                                                        or profiled on a batch (--omega profiled)
     preln    x_i = x_{i-1} + f_i(LN(x_{i-1}))           Pre-LN baseline (optional arm)
+    deepnorm x_i = LN(α ⊙ x_{i-1} + f_i(x_{i-1}))       DeepNet: fixed α, branch weights start × β
 
 The task, a worked example (--task reverse --digits 4). Tokens 0-9 are digits, 10 is the separator "|":
     digits     3 1 4 1
@@ -41,7 +43,7 @@ import cli
 import report
 
 SEP, VOCAB, IGNORE = 10, 11, -100
-ARMS = ("vanilla", "admin", "preln")
+ARMS = ("vanilla", "admin", "preln", "deepnorm")
 BETAS = (0.9, 0.98)  # Adam's moment decay rates
 CHANCE_LOSS = math.log(10)  # cross-entropy of a uniform guess over the ten digits
 SOLVED, SOLVED_EVALS = 0.99, 3  # "learned": 99% exact; stop an arm that held it for 3 evaluations
@@ -157,6 +159,8 @@ def make_step(model: admin.PostLNTransformer, args):
 
 def train_arm(arm: str, args, data: ToyData, log) -> ArmResult:
     result = ArmResult(arm, model=make_model(arm, args.layers, args, args.seed))
+    if arm == "admin" and args.omega == "profiled":  # the paper's ω, from one pass over the first batch
+        admin.profile_omega(result.model, next(data.batches(args.batch_size))[0])
     step, batches = make_step(result.model, args), data.batches(args.batch_size)
     start, step_times, solved_evals = time.perf_counter(), [], 0
     try:
@@ -258,8 +262,11 @@ def conclusion(results: list[ArmResult], layers: int) -> str:
 
 
 def arm_title(arm: str, args) -> str:
-    omega = admin.calculate_init(2 * args.layers, args.output_change_scale)
-    return f"training {arm} ({dict(vanilla='Post-LN', admin=f'Post-LN, ω = {omega:.3f}', preln='Pre-LN')[arm]})"
+    omega = (f"ω = {admin.calculate_init(2 * args.layers, args.output_change_scale):.3f}"
+             if args.omega == "closed" else "ω profiled on the first batch")
+    deepnorm = (f"α = {admin.deepnorm_alpha(args.layers):.3f}, "
+                f"V, output and FFN weights start × {admin.deepnorm_beta(args.layers):.3f}")
+    return f"training {arm} ({dict(vanilla='Post-LN', admin=f'Post-LN, {omega}', preln='Pre-LN', deepnorm=deepnorm)[arm]})"
 
 
 def run(args, log) -> tuple[list[ArmResult], float | None]:
@@ -289,6 +296,15 @@ def summary(results: list[ArmResult], folded: float | None, layers: int) -> str:
 # ---------------------------------------------------------------------------------------------------
 
 
+def add_schedule_flags(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """--steps, --lr, --warmup: the demo's schedule, shared with the scripts that train as it does."""
+    p.add_argument("--steps", type=cli.whole(1), default=200,
+                   help="training budget per arm; an arm that failed always runs all of it")
+    p.add_argument("--lr", type=cli.positive_float, default=2e-3, help="peak Adam learning rate")
+    p.add_argument("--warmup", type=cli.whole(0), default=50, help="linear warm-up steps to --lr")
+    return p
+
+
 def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     """The demo's flags: its training settings, then the model flags it shares (cli.py)."""
     p = argparse.ArgumentParser(description="Vanilla Post-LN vs Admin on a toy sequence task.",
@@ -297,10 +313,9 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="Transformer layers; each has 2 residual sub-layers, so ω uses n = 2 * layers")
     p.add_argument("--arms", type=cli.comma_list(cli.one_of(ARMS), "arms"), default=["vanilla", "admin"],
                    help=f"comma-separated residual kinds to compare, from {', '.join(ARMS)}")
-    p.add_argument("--steps", type=cli.whole(1), default=200,
-                   help="training budget per arm; an arm that failed always runs all of it")
-    p.add_argument("--lr", type=cli.positive_float, default=2e-3, help="peak Adam learning rate")
-    p.add_argument("--warmup", type=cli.whole(0), default=50, help="linear warm-up steps to --lr")
+    add_schedule_flags(p)
+    p.add_argument("--omega", choices=("closed", "profiled"), default="closed",
+                   help="admin arm: ω from the closed form, or profiled on the first batch (the paper)")
     p.add_argument("--eval-every", type=cli.whole(1), default=20, help="steps between held-out evaluations")
     p.add_argument("--cuda-graph", choices=("auto", "on", "off"), default="auto",
                    help="replay each training step as one CUDA graph (auto: on with --device cuda); "
@@ -319,7 +334,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     """Run the demo as the command line asks; return what --json writes."""
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
+    cli.start(args)
     log = lambda line: print(line, flush=True)  # noqa: E731
     config = cli.configuration(args)
     log("configuration: " + ", ".join(f"{k}={v}" for k, v in config.items()))

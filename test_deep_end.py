@@ -1,0 +1,106 @@
+"""Tests for deep_end.py, the measurements of the deep end: tiny models, a few steps."""
+
+import copy
+
+import pytest
+import torch
+
+import admin
+import cli
+import deep_end
+import train_toy
+from testing_tools import exit_2_error
+
+TINY = ["--d-model", "8", "--n-heads", "2", "--digits", "3", "--batch-size", "8", "--threads", "1",
+        "--device", "cpu"]
+
+
+def parsed(*argv: str):
+    p = deep_end.build_parser()
+    args = cli.finish(p, p.parse_args([*argv, *TINY]))
+    args.cuda_graph, args.omega = False, "closed"
+    return args
+
+
+@pytest.mark.parametrize("arm", train_toy.ARMS + deep_end.VARIANTS)
+def test_every_parameter_is_in_one_named_group(arm):
+    model = deep_end.make_model(arm, 2, parsed("step"), 0)
+    groups = {name: deep_end.group_of(name) for name, _ in model.named_parameters()}
+    assert set(groups.values()) <= set(deep_end.GROUPS)
+    assert {n for n, g in groups.items() if g == "omega"} == {n for n in groups if n.endswith(".omega")}
+    assert groups["blocks.0.self_attn.in_proj_weight"] == groups["blocks.1.linear2.bias"] == "branches"
+    assert groups["blocks.1.norm2.weight"] == "LayerNorm affine" and groups["head.weight"] == "head"
+    assert groups["tok_emb.weight"] == groups["pos_emb.weight"] == "embeddings"
+
+
+def test_the_variants_change_admin_as_their_names_say():
+    args = parsed("watch")
+    plain = deep_end.make_model("admin", 3, args, 0)
+    frozen = deep_end.make_model("admin-frozen-ln", 3, args, 0)
+    assert all(not p.requires_grad for m in frozen.modules() if isinstance(m, torch.nn.LayerNorm)
+               for p in m.parameters())
+    fixed = deep_end.make_model("admin-fixed-omega", 3, args, 0)
+    assert all(not s.shortcut.omega.requires_grad for s in fixed.sublayers())
+    alpha = deep_end.make_model("alpha-only", 3, args, 0)
+    assert all(torch.all(s.shortcut.omega == torch.tensor(admin.deepnorm_alpha(3)))
+               and not s.shortcut.omega.requires_grad for s in alpha.sublayers())
+    beta = deep_end.make_model("admin-beta", 3, args, 0)
+    b, want = admin.deepnorm_beta(3), plain.state_dict()
+    for name, value in beta.state_dict().items():
+        scaled = name.endswith(("out_proj.weight", "linear1.weight", "linear2.weight"))
+        if name.endswith("in_proj_weight"):
+            assert torch.equal(value[16:], want[name][16:] * b) and torch.equal(value[:16], want[name][:16])
+        else:
+            assert torch.equal(value, want[name] * b if scaled else want[name]), name
+
+
+def test_a_real_step_is_measured_as_the_change_it_makes_and_kept():
+    """The "all" change is the output change of the step itself, computed here a second way (a float64
+    copy before and after); the random-sign update has the same sizes, so its change is positive too;
+    and the model goes on from the real step."""
+    args = parsed("step")
+    torch.manual_seed(0)
+    model = deep_end.make_model("admin", 2, args, 0).double()
+    data = train_toy.ToyData("reverse", 3, 0)
+    batch, idx = next(data.batches(8)), data.eval_input
+    before = copy.deepcopy(model)
+    step = train_toy.make_step(model, args)
+    changes = deep_end.step_changes(model, step, batch, 1e-3, idx, seed=0)
+    with torch.no_grad():
+        want = deep_end.change(model.eval().hidden(idx), before.eval().hidden(idx))
+    assert changes["all"][0] == pytest.approx(want, rel=1e-9)
+    assert set(changes) == set(deep_end.GROUPS) | {"all"}
+    assert all(real >= 0 and shuffled >= 0 for real, shuffled in changes.values())
+    assert changes["branches"][0] > 0 and changes["omega"][0] > 0
+
+
+def test_watch_records_every_few_steps_and_says_whether_it_learned(capsys):
+    out = deep_end.main(["watch", "--layers", "1", "--arms", "admin,deepnorm", "--steps", "6",
+                         "--every", "3", "--warmup", "2", "--repeats", "2", *TINY])
+    assert [(r["arm"], r["seed"]) for r in out["runs"]] == [("admin", 0), ("admin", 1), ("deepnorm", 0),
+                                                             ("deepnorm", 1)]
+    for run in out["runs"]:
+        assert [r["step"] for r in run["records"]] == [3, 6]
+        last = run["records"][-1]
+        assert run["verdict"] == ("learned" if last["accuracy"] >= 0.99 else "did not learn")
+        assert last["change"] > 0 and len(last["ln_input_rms"]) == len(last["grad_norm"]) == 5
+        assert last["ln_input_rms"] == sorted(last["ln_input_rms"])  # min, quartiles, max
+    assert out["runs"][0]["records"][-1]["omega_drift"] > 0 and "99% at" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, flag", [(["step", "--arms", "bogus"], "--arms"),
+                                        (["watch", "--every", "0"], "--every"),
+                                        (["sideways"], "what")])
+def test_bad_input_exits_2_naming_the_flag(argv, flag, capsys):
+    assert flag in exit_2_error(deep_end.main, argv, capsys)
+
+
+def test_the_scripts_flush_subnormals_to_zero():
+    try:
+        torch.set_flush_denormal(False)
+        small = torch.tensor([1e-30], dtype=torch.float32)  # normal; times 1e-10 it is subnormal
+        assert (small * 1e-10).item() > 0, "no subnormals here to begin with"
+        cli.start(parsed("step"))
+        assert (small * 1e-10).item() == 0.0, "a subnormal product was not flushed"
+    finally:
+        torch.set_flush_denormal(False)
