@@ -1,4 +1,4 @@
-"""Command-line pieces shared by the scripts (train_toy, measure, sweep, bench): argument validators,
+"""Command-line pieces shared by the scripts (train_toy, measure, sweep, bench, deep_end): validators,
 the --device flag, the model flags, checks across flags, output paths. A bad value is argparse's
 exit 2 naming the flag.
 

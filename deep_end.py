@@ -7,19 +7,23 @@
 which is neither small nor random. For each model (seeds seed, seed + 1, …) this takes the real first
 step of the demo's training, and the real step at the peak learning rate (after --warmup − 1 steps),
 and splits its update ΔW by parameter group: the branches (Q, K, V, output and feed-forward weights
-and biases), the LayerNorm affine parameters, ω (or α), the embeddings and the head. For each group,
+and biases), the LayerNorm affine parameters, a trainable ω (DeepNorm's α is fixed), the embeddings and
+the head (which F does not include: its change is 0). --warmup must be 2 or more. For each group,
 and for all together, it reports the output change |F(W + ΔW) − F(W)|² / |F(W)|² of the last layer's
 output on the held-out inputs (in float64), against the same update with random signs, |ΔW| ⊙ ±1.
 
-`watch`: trains each arm as the demo does (no early stop) and records, every --every steps: held-out
-loss and accuracy, the output's change since step 0, the scale (RMS) of every LayerNorm's input, every
-layer's gradient norm, how far ω has moved from its start, and the entropy of the attention. Besides
+`watch`: trains each arm as the demo does (eagerly, closed-form ω, no early stop; a non-finite loss
+ends the run as "diverged") and records, from step --every on and every --every steps: held-out loss
+and accuracy, the output's change since step 0, and five-number summaries over the layers (min,
+quartiles, max) of each LayerNorm input's RMS, of each layer's gradient norm (also the first and last
+layer's) and of the attention entropy, and how far ω has moved from its start (median sub-layer). Besides
 the residual kinds, it trains these variants of Admin, the interventions of tutorial.md, Section 6:
     admin-frozen-ln    LayerNorm gains and biases not trained
     admin-fixed-omega  ω not trained
     alpha-only         the shortcut scaled by DeepNorm's fixed α instead of ω, no β
     admin-beta         Admin's ω, with DeepNorm's β on the initial V, output and feed-forward weights
-The other flags are train_toy's.
+--layers and --arms take comma-separated lists (--arms also the variants); the model and schedule
+flags are train_toy's.
 """
 
 from __future__ import annotations
@@ -207,8 +211,11 @@ def run_watch(args, log) -> list[dict]:
                         log(watch_line(arm, seed, records[-1], time.perf_counter() - start))
                     if i == args.steps:
                         break
-                step(*next(batches), args.lr * train_toy.lr_factor(i, args.warmup, args.steps))
-            verdict = "learned" if records[-1]["accuracy"] >= train_toy.SOLVED else "did not learn"
+                loss = step(*next(batches), args.lr * train_toy.lr_factor(i, args.warmup, args.steps))
+                if not math.isfinite(loss.item()):
+                    break
+            verdict = (f"diverged at step {i}" if not math.isfinite(loss.item()) else
+                       "learned" if records and records[-1]["accuracy"] >= train_toy.SOLVED else "did not learn")
             runs.append({"arm": arm, "seed": seed, "layers": args.layers[0], "lr": args.lr,
                          "warmup": args.warmup, "steps": args.steps, "verdict": verdict,
                          "records": records})
@@ -230,6 +237,9 @@ def watch_table(runs: list[dict]) -> str:
     lines = [f"{'arm':<17} {'seed':>4} {'lr':>7} {'warmup':>6}  {'verdict':<14} {'99% at':>6}   at the peak:"
              f" {'change':>8} {'LN-in RMS max':>13} {'grad layer 1':>12} {'ω drift':>7} {'entropy':>7}"]
     for run in runs:
+        if not run["records"]:  # diverged before its first record
+            lines.append(f"{run['arm']:<17} {run['seed']:>4} {run['lr']:>7g} {run['warmup']:>6}  {run['verdict']}")
+            continue
         solved = next((r["step"] for r in run["records"] if r["accuracy"] >= train_toy.SOLVED), None)
         peak = next(r for r in run["records"] if r["step"] >= run["warmup"] or r is run["records"][-1])
         lines.append(f"{run['arm']:<17} {run['seed']:>4} {run['lr']:>7g} {run['warmup']:>6}  "
@@ -265,6 +275,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = cli.finish(p, p.parse_args(argv))
     if args.device == "mps":
         p.error("argument --device: deep_end.py computes in float64, which mps does not support")
+    if args.what == "step" and args.warmup < 2:
+        p.error(f"argument --warmup: step measures the first and the peak step, so it needs 2 or more, "
+                f"got {args.warmup}")
     args.cuda_graph, args.omega, args.plot = False, "closed", None  # the eager step, closed-form ω
     return args
 

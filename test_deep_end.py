@@ -88,7 +88,15 @@ def test_watch_records_every_few_steps_and_says_whether_it_learned(capsys):
     assert out["runs"][0]["records"][-1]["omega_drift"] > 0 and "99% at" in capsys.readouterr().out
 
 
+def test_a_diverging_watched_run_says_so_and_the_table_still_prints(capsys):
+    out = deep_end.main(["watch", "--layers", "1", "--steps", "4", "--every", "2", "--warmup", "0",
+                         "--lr", "1e30", "--repeats", "1", *TINY])
+    assert out["runs"][0]["verdict"].startswith("diverged at step")
+    assert "diverged at step" in capsys.readouterr().out.split("99% at")[1]
+
+
 @pytest.mark.parametrize("argv, flag", [(["step", "--arms", "bogus"], "--arms"),
+                                        (["step", "--warmup", "1"], "--warmup"),
                                         (["watch", "--every", "0"], "--every"),
                                         (["sideways"], "what")])
 def test_bad_input_exits_2_naming_the_flag(argv, flag, capsys):

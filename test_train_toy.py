@@ -134,7 +134,7 @@ def test_ctrl_c_prints_the_summary_of_what_ran(monkeypatch, capsys):
     (["--steps", "2.5"], "--steps"), (["--task", "sort"], "--task"), (["--arms", "vanilla,bogus"], "--arms"),
     (["--lr", "0"], "--lr"), (["--lr", "-1e-3"], "--lr"), (["--lr", "nan"], "--lr"),
     (["--d-model", "30", "--n-heads", "4"], "--n-heads"), (["--digits", "17"], "--digits"),
-    (["--json", "/no/such/folder/out.json"], "--json"),
+    (["--json", "/no/such/folder/out.json"], "--json"), (["--arms", "vanilla", "--omega", "profiled"], "--omega"),
     (["--threads", "0"], "--threads")])
 def test_bad_input_exits_2_naming_the_flag(argv, flag, capsys):
     assert f"argument {flag}" in exit_2_error(train_toy.parse_args, argv, capsys)

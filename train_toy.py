@@ -7,10 +7,11 @@
 Every arm trains the same admin.PostLNTransformer (same initial weights: ω adds no random draws), on the
 same batches, with the same optimizer and schedule; only the residual differs:
     vanilla  x_i = LN(x_{i-1} + f_i(x_{i-1}))           Post-LN
-    admin    x_i = LN(ω_i ⊙ x_{i-1} + f_i(x_{i-1}))     Post-LN, ω = admin.calculate_init(2 * layers),
-                                                        or profiled on a batch (--omega profiled)
+    admin    x_i = LN(ω_i ⊙ x_{i-1} + f_i(x_{i-1}))     Post-LN, ω = admin.calculate_init(2 * layers,
+                                                        --output-change-scale), or profiled on a batch
     preln    x_i = x_{i-1} + f_i(LN(x_{i-1}))           Pre-LN baseline (optional arm)
-    deepnorm x_i = LN(α ⊙ x_{i-1} + f_i(x_{i-1}))       DeepNet: fixed α, branch weights start × β
+    deepnorm x_i = LN(α x_{i-1} + f_i(x_{i-1}))         DeepNet: α = (2N)^(1/4) fixed; V, output and
+                                                        FFN weights start × (8N)^(-1/4)
 
 The task, a worked example (--task reverse --digits 4). Tokens 0-9 are digits, 10 is the separator "|":
     digits     3 1 4 1
@@ -113,6 +114,7 @@ def describe(inp: torch.Tensor, target: torch.Tensor, pred: torch.Tensor, task: 
 
 
 def make_model(arm: str, layers: int, args, seed: int) -> admin.PostLNTransformer:
+    """The demo's model of `arm` (layers and seed apart from args: measure.py varies them)."""
     torch.manual_seed(seed)  # the same initial weights for every arm
     config = admin.TransformerConfig(
         vocab_size=VOCAB, max_len=2 * args.digits, d_model=args.d_model, n_heads=args.n_heads,
@@ -166,9 +168,9 @@ def train_arm(arm: str, args, data: ToyData, log) -> ArmResult:
     try:
         for i in range(args.steps + 1):
             if i % args.eval_every == 0 or i == args.steps:
-                loss, acc, _ = evaluate(result.model, data)
-                result.history.append([i, loss, acc])
-                log(report.eval_line(arm, i, loss, acc, time.perf_counter() - start))
+                held_out_loss, acc, pred = evaluate(result.model, data)
+                result.history.append([i, held_out_loss, acc])
+                log(report.eval_line(arm, i, held_out_loss, acc, time.perf_counter() - start))
                 solved_evals = solved_evals + 1 if acc >= SOLVED else 0
                 if solved_evals >= SOLVED_EVALS or i == args.steps:
                     break
@@ -186,8 +188,7 @@ def train_arm(arm: str, args, data: ToyData, log) -> ArmResult:
         log(f"  {arm} interrupted at step {result.steps}")
     result.seconds = time.perf_counter() - start
     result.step_ms = 1000 * statistics.median(step_times) if step_times else float("nan")
-    if result.diverged_at is None and not result.interrupted:
-        _, _, pred = evaluate(result.model, data)
+    if result.diverged_at is None and not result.interrupted:  # the loop ended on an evaluation: pred
         result.examples = [describe(data.eval_input[k], data.eval_target[k], pred[k], args.task)
                            for k in range(3)]
     return result
@@ -299,7 +300,7 @@ def summary(results: list[ArmResult], folded: float | None, layers: int) -> str:
 def add_schedule_flags(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """--steps, --lr, --warmup: the demo's schedule, shared with the scripts that train as it does."""
     p.add_argument("--steps", type=cli.whole(1), default=200,
-                   help="training budget per arm; an arm that failed always runs all of it")
+                   help="training budget per arm; an arm that neither learns nor diverges runs all of it")
     p.add_argument("--lr", type=cli.positive_float, default=2e-3, help="peak Adam learning rate")
     p.add_argument("--warmup", type=cli.whole(0), default=50, help="linear warm-up steps to --lr")
     return p
@@ -328,7 +329,10 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = build_parser()
-    return cli.finish(p, p.parse_args(argv))
+    args = cli.finish(p, p.parse_args(argv))
+    if args.omega == "profiled" and "admin" not in args.arms:
+        p.error(f"argument --omega: profiled applies to the admin arm, which --arms={','.join(args.arms)} lacks")
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict:
