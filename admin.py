@@ -446,7 +446,8 @@ def fold_omega(omega: Tensor, producers: list[Tensor], readers: list[Tensor]) ->
 
 @torch.no_grad()
 def reparameterize(model: PostLNTransformer) -> PostLNTransformer:
-    """A new "vanilla" model, with no ω, whose logits equal the Admin model's. `model` is unchanged.
+    """A new "vanilla" model, with no ω, whose logits equal the Admin (or DeepNorm: its α is a constant
+    ω) model's. `model` is unchanged.
 
     Sub-layer i reads x_{i-1}, made by the embeddings (i = 1) or by sub-layer i − 1's LayerNorm, and
     nothing else reads it: fold_omega applies, with the attention's Q, K, V (stacked) or the first

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 import admin
 import cli
 import train_toy
+from measure import relative_change
 
 VARIANTS = ("admin-frozen-ln", "admin-fixed-omega", "alpha-only", "admin-beta")
 GROUPS = ("branches", "LayerNorm affine", "omega", "embeddings", "head")
@@ -77,10 +78,6 @@ def make_model(arm: str, layers: int, args, seed: int) -> admin.PostLNTransforme
     return model
 
 
-def change(after: torch.Tensor, before: torch.Tensor) -> float:
-    return ((after - before).pow(2).sum() / before.pow(2).sum()).item()
-
-
 # ---------------------------------------------------------------------------------------------------
 # step: the output change of one real optimizer step, per parameter group, against random signs
 # ---------------------------------------------------------------------------------------------------
@@ -107,7 +104,7 @@ def step_changes(model, step, batch, lr: float, idx: torch.Tensor, seed: int) ->
             for update in (delta, shuffled):
                 for n, p in params.items():
                     p.copy_(before[n].double() + (update[n] if group in ("all", group_of(n)) else 0))
-                pair.append(change(ref.hidden(idx), base))
+                pair.append(relative_change(ref.hidden(idx), base))
             out[group] = pair
     return out
 
@@ -186,7 +183,7 @@ def snapshot(model, data, hidden0, omega0) -> dict:
              for b in model.blocks]
     omegas = [s.shortcut.omega for s in model.sublayers() if hasattr(s.shortcut, "omega")]
     drift = [((w - w0).norm() / w0.norm()).item() for w, w0 in zip(omegas, omega0)]
-    return {"loss": loss, "accuracy": acc, "change": change(hidden, hidden0), "ln_input_rms": five(ln_rms),
+    return {"loss": loss, "accuracy": acc, "change": relative_change(hidden, hidden0), "ln_input_rms": five(ln_rms),
             "grad_norm": five(grads), "grad_first_last": [grads[0], grads[-1]],
             "omega_drift": statistics.median(drift) if drift else 0.0, "attention_entropy": five(entropy)}
 

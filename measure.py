@@ -36,7 +36,11 @@ def output_change(model: admin.PostLNTransformer, idx: torch.Tensor, delta: floa
         if name.startswith("blocks.") and p.dim() == 2:
             signs = torch.randint(2, p.shape, generator=gen).to(p.device, p.dtype) * 2 - 1
             p.add_(delta * signs)
-    after = model.hidden(idx)
+    return relative_change(model.hidden(idx), before)
+
+
+def relative_change(after: torch.Tensor, before: torch.Tensor) -> float:
+    """|after − before|² / |before|²: how far an output moved, relative to its size."""
     return ((after - before).pow(2).sum() / before.pow(2).sum()).item()
 
 

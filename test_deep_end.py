@@ -67,7 +67,7 @@ def test_a_real_step_is_measured_as_the_change_it_makes_and_kept():
     step = train_toy.make_step(model, args)
     changes = deep_end.step_changes(model, step, batch, 1e-3, idx, seed=0)
     with torch.no_grad():
-        want = deep_end.change(model.eval().hidden(idx), before.eval().hidden(idx))
+        want = deep_end.relative_change(model.eval().hidden(idx), before.eval().hidden(idx))
     assert changes["all"][0] == pytest.approx(want, rel=1e-9)
     assert set(changes) == set(deep_end.GROUPS) | {"all"}
     assert all(real >= 0 and shuffled >= 0 for real, shuffled in changes.values())

@@ -236,12 +236,16 @@ def kept_results(script: str, config: dict) -> dict:
     raise AssertionError(f"no results/*.json made by {script}.py with {config}: run the command with --json")
 
 
+def without_plot(argv: list[str]) -> list[str]:
+    """argv less --plot PATH: the checks would refuse it without matplotlib (optional; nothing is drawn)."""
+    return [a for i, a in enumerate(argv) if "--plot" not in argv[max(i - 1, 0):i + 1]]
+
+
 def parsed(parser, argv: list[str]):
     """The command's settings. --device cpu: the kept results were made on the CPU. --plot is set
     after the checks, which would refuse it without matplotlib (optional, and not drawn here)."""
     plot = argv[argv.index("--plot") + 1] if "--plot" in argv else None
-    argv = [a for i, a in enumerate(argv) if "--plot" not in argv[max(i - 1, 0):i + 1]]
-    args = cli.finish(parser, parser.parse_args(argv + ["--device", "cpu"]))
+    args = cli.finish(parser, parser.parse_args(without_plot(argv) + ["--device", "cpu"]))
     args.plot = plot
     return args
 
@@ -283,8 +287,7 @@ def measure_output(argv: list[str]) -> str:
 
 
 def sweep_output(argv: list[str]) -> str:
-    argv = [a for i, a in enumerate(argv) if "--plot" not in argv[max(i - 1, 0):i + 1]]  # as parsed()
-    args = sweep.parse_args(argv + ["--device", "cpu"])
+    args = sweep.parse_args(without_plot(argv) + ["--device", "cpu"])
     done = sweep.load_results(args.results, args.fixed)
     runs = [done[sweep.run_key(p)] for p in sweep.grid_points(args) if sweep.run_key(p) in done]
     return sweep.tables(runs, args)
