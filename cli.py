@@ -162,9 +162,10 @@ def configuration(args: argparse.Namespace, skip=("json", "plot")) -> dict:
                          torch=torch.__version__)
 
 
-def check_outputs(p: argparse.ArgumentParser, paths: dict[str, str | None]) -> None:
-    """Exit 2, naming the flag, for an output path that is not a writable file, and for --plot
-    without matplotlib (which is optional)."""
+def check_outputs(p: argparse.ArgumentParser, paths: dict[str, str | None],
+                  plots: tuple[str, ...] = ("--plot",)) -> None:
+    """Exit 2, naming the flag, for an output path that is not a writable file, and for a plot flag
+    (`plots`: the flags whose file matplotlib draws) given without matplotlib (which is optional)."""
     for flag, path in paths.items():
         if path is None:
             continue
@@ -172,11 +173,13 @@ def check_outputs(p: argparse.ArgumentParser, paths: dict[str, str | None]) -> N
         if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK) \
                 or (os.path.exists(path) and not os.access(path, os.W_OK)):
             p.error(f"argument {flag}: cannot write to {path!r} (need a writable file path)")
-    if paths.get("--plot") is not None:
+    for flag in plots:
+        if paths.get(flag) is None:
+            continue
         try:
             import matplotlib  # noqa: F401  (only whether it imports)
         except ImportError:
-            p.error("argument --plot: needs matplotlib, which is optional: pip install matplotlib")
+            p.error(f"argument {flag}: needs matplotlib, which is optional: pip install matplotlib")
 
 
 def write_outputs(args: argparse.Namespace, out: dict, plot: Callable[[str], None], log) -> None:

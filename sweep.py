@@ -19,10 +19,11 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, as_completed, wait
 from multiprocessing import get_context
 
 import torch
@@ -45,6 +46,24 @@ MS_PER_LAYER_STEP = 1.8  # a training step and its share of evaluations, per lay
 # ---------------------------------------------------------------------------------------------------
 
 
+def warmup_spec(text: str) -> int | str:
+    """A warm-up length: a whole number of steps, or 'layers' (one step per layer)."""
+    return text if text == "layers" else cli.whole(0)(text)
+
+
+def steps_spec(text: str) -> int | str:
+    """A budget: a whole number of steps, or '+N' (the warm-up, then N steps of decay)."""
+    if text.startswith("+"):
+        return f"+{cli.whole(1)(text[1:])}"
+    return cli.whole(1)(text)
+
+
+def schedule(warmup: int | str, steps: int | str, layers: int) -> tuple[int, int]:
+    """The (warm-up, budget) in steps that a schedule's specs give at `layers` layers."""
+    warmup = layers if warmup == "layers" else warmup
+    return warmup, (warmup + int(steps[1:]) if isinstance(steps, str) else steps)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """train_toy's parser (argparse parents), with the grid flags redefined as comma-separated lists."""
     p = argparse.ArgumentParser(
@@ -57,15 +76,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="depths (default: 6,12,24,48)")
     p.add_argument("--lr", type=cli.comma_list(cli.positive_float, "learning rates"),
                    help="peak learning rates (default: 2.5e-4,5e-4,1e-3,2e-3,4e-3,8e-3)")
-    p.add_argument("--warmup", type=cli.comma_list(cli.whole(0), "warm-up step counts"),
-                   default=[50], help="warm-up steps (default: 50, the demo's)")
-    p.add_argument("--steps", type=cli.comma_list(cli.whole(1), "step budgets"), default=[200],
-                   help="training budgets (default: 200, the demo's)")
+    p.add_argument("--warmup", type=cli.comma_list(warmup_spec, "warm-up step counts"),
+                   default=[50], help="warm-up steps, or 'layers' for one warm-up step per layer "
+                                        "(default: 50, the demo's)")
+    p.add_argument("--steps", type=cli.comma_list(steps_spec, "step budgets"), default=[200],
+                   help="training budgets, or '+N' for the warm-up and N steps more (default: 200, "
+                        "the demo's)")
     p.add_argument("--task", type=cli.comma_list(cli.one_of(cli.TASKS), "tasks"), default=["reverse"],
                    help="tasks (default: reverse)")
     p.add_argument("--seed", type=cli.comma_list(cli.whole(0), "seeds"), help="seeds (default: 0,1,2)")
     p.add_argument("--omega", type=cli.comma_list(cli.one_of(("closed", "profiled")), "ω kinds"),
                    default=["closed"], help="the admin arm's ω: closed (form), profiled, or both")
+    p.add_argument("--edge", action="store_true",
+                   help="instead of a grid of learning rates, find for each arm, depth and schedule the "
+                        "largest one at which every seed learns: walk a ladder of rates a factor √2 "
+                        "apart, from the first --lr up while all seeds learn, down while one fails")
+    p.add_argument("--report", action="store_true",
+                   help="train nothing: tabulate (and --json, --plot) what --results already holds")
     p.add_argument("--quick", action="store_true",
                    help="a coarse grid for a class: arms all, layers 6,48, lr 5e-4,2e-3,8e-3, seed 0 "
                         "(flags given explicitly still win)")
@@ -90,7 +117,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name, default in grid.items():
         if getattr(args, name) is None:
             setattr(args, name, default)
+    if args.edge and len(args.lr) != 1:
+        p.error(f"argument --lr: --edge walks from one learning rate, got {len(args.lr)}: "
+                + ",".join(f"{lr:g}" for lr in args.lr))
+    if args.report and not os.path.isfile(args.results):
+        p.error(f"argument --results: --report tabulates an existing results file; {args.results} is none")
     args.fixed = {name: getattr(args, name) for name in PASS_THROUGH}
+    if args.report:  # the file's own settings: a map made on a GPU is tabulated anywhere
+        with open(args.results) as f:
+            args.fixed = json.loads(f.readline()).get("fixed", args.fixed)
     if args.threads is None:
         args.threads = max(1, (os.cpu_count() or 1) // args.jobs)
     cli.check_outputs(p, {"--results": args.results})
@@ -111,10 +146,16 @@ def panel_title(arm: str, omega: str) -> str:
     return arm if omega == "closed" else f"{arm} (profiled ω)"
 
 
+def point(arm: str, omega: str, layers: int, lr: float, warmup, steps, task: str, seed: int) -> dict:
+    """One run's settings, its schedule resolved at its depth."""
+    warmup, steps = schedule(warmup, steps, layers)
+    return {"arm": arm, "layers": layers, "lr": lr, "warmup": warmup, "steps": steps, "task": task,
+            "seed": seed, "omega": omega}
+
+
 def grid_points(args) -> list[dict]:
-    values = list(itertools.product(*(getattr(args, f) for f in GRID_FLAGS[1:-1])))
-    return [{"arm": arm, **dict(zip(GRID_FLAGS[1:-1], v)), "omega": omega}
-            for arm, omega in panels(args) for v in values]
+    return [point(arm, omega, *v) for arm, omega in panels(args) for v in itertools.product(
+        args.layers, args.lr, args.warmup, args.steps, args.task, args.seed)]
 
 
 def run_key(point: dict) -> tuple:
@@ -130,6 +171,8 @@ def run_point(point: dict, args) -> dict:
     cli.start(run_args)
     data = train_toy.ToyData(point["task"], args.digits, point["seed"], args.device)
     r = train_toy.train_arm(point["arm"], run_args, data, log=lambda line: None)
+    if r.interrupted:  # a run cut short is no result: the next sweep trains it again
+        raise KeyboardInterrupt
     return {**point, "accuracy": r.accuracy, "final_loss": r.final_loss, "verdict": r.verdict,
             "diverged": r.diverged_at is not None, "steps_run": r.steps, "seconds": round(r.seconds, 2)}
 
@@ -191,11 +234,12 @@ def minutes(seconds: float) -> str:
     return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
 
-def progress_line(i: int, n: int, run: dict, elapsed: float, left: float | None) -> str:
+def progress_line(i: int, n: int | None, run: dict, elapsed: float, left: float | None) -> str:
     settings = (f"{panel_title(run['arm'], run.get('omega', 'closed')):<7} layers={run['layers']:<3} "
                 f"lr={run['lr']:g} warmup={run['warmup']} steps={run['steps']} {run['task']} seed={run['seed']}")
     eta = "" if left is None else f", about {minutes(left)} left"
-    return (f"[{i:>{len(str(n))}}/{n}] {settings}: {run['verdict']} (accuracy "
+    count = f"[{i}]" if n is None else f"[{i:>{len(str(n))}}/{n}]"
+    return (f"{count} {settings}: {run['verdict']} (accuracy "
             f"{100 * run['accuracy']:.1f}%, loss {run['final_loss']:.4f}, {run['steps_run']} steps, "
             f"{run['seconds']:.1f}s); elapsed {minutes(elapsed)}{eta}")
 
@@ -210,11 +254,12 @@ def tables(runs: list[dict], args) -> str:
         title = f"{panel_title(arm, omega)}: runs that learned (>= 99% exact) / seeds"
         if len(args.warmup) * len(args.steps) * len(args.task) > 1:
             title += f", warmup {warmup}, steps {steps}, {task}"
+        lrs = learning_rates(runs, args)
         lines = [title, f"{'lr':>9} |" + "".join(f"{f'{d} layers':>11}" for d in args.layers)]
-        for lr in args.lr:
+        for lr in lrs:
             cells = []
             for layers in args.layers:
-                found = [by_key.get((arm, layers, float(lr), warmup, steps, task, s, omega))
+                found = [by_key.get(run_key(point(arm, omega, layers, float(lr), warmup, steps, task, s)))
                          for s in args.seed]
                 found = [r for r in found if r is not None]
                 cell = (f"{sum(r['verdict'] == 'learned' for r in found)}/{len(found)}"
@@ -225,31 +270,141 @@ def tables(runs: list[dict], args) -> str:
     return "\n\n".join(out) + "\n('!': a run diverged to a non-finite loss; '-': not run)"
 
 
+def learning_rates(runs: list[dict], args) -> list[float]:
+    """The table's rows: the grid's rates, or (--edge) the rungs of the ladder that were trained."""
+    return sorted({r["lr"] for r in runs}) if args.edge else args.lr
+
+
 def save_plot(path: str, runs: list[dict], args) -> None:
+    """A heat map: a panel per arm (columns) and per schedule (rows); learning rates up, depths across."""
     plt = cli.pyplot()
     by_key = {run_key(r): r for r in runs}
-    fig, axes = plt.subplots(1, len(panels(args)), figsize=(2.8 * len(panels(args)) + 1.2, 3.4), dpi=120,
-                             squeeze=False, sharey=True, constrained_layout=True)
-    for ax, (arm, omega) in zip(axes[0], panels(args)):
-        share = [[0.0] * len(args.layers) for _ in args.lr]
-        for i, lr in enumerate(args.lr):
-            for j, layers in enumerate(args.layers):
-                found = [by_key.get((arm, layers, float(lr), w, st, t, s, omega)) for w in args.warmup
-                         for st in args.steps for t in args.task for s in args.seed]
-                found = [r for r in found if r is not None]
-                learned = sum(r["verdict"] == "learned" for r in found)
-                share[i][j] = learned / len(found) if found else float("nan")
-                label = f"{learned}/{len(found)}" + ("!" if any(r["diverged"] for r in found) else "")
-                ax.text(j, i, label if found else "-", ha="center", va="center", fontsize=9)
-        image = ax.imshow(share, cmap="RdYlGn", vmin=0, vmax=1, origin="lower", aspect="auto")
-        ax.set_xticks(range(len(args.layers)), [str(d) for d in args.layers])
-        ax.set_yticks(range(len(args.lr)), [f"{lr:g}" for lr in args.lr])
-        ax.set_xlabel("layers")
-        ax.set_title(panel_title(arm, omega))
-    axes[0][0].set_ylabel("peak learning rate")
-    fig.colorbar(image, ax=axes[0].tolist(), label="share of seeds that learned")
+    lrs, rows = learning_rates(runs, args), list(itertools.product(args.warmup, args.steps))
+    fig, axes = plt.subplots(len(rows), len(panels(args)), figsize=(2.8 * len(panels(args)) + 1.2,
+                             0.25 * len(lrs) * len(rows) + 1.4 * len(rows) + 0.6), dpi=120, squeeze=False,
+                             sharey=True, constrained_layout=True)
+    for (warmup, steps), ax_row in zip(rows, axes):
+        for ax, (arm, omega) in zip(ax_row, panels(args)):
+            share = [[0.0] * len(args.layers) for _ in lrs]
+            for i, lr in enumerate(lrs):
+                for j, layers in enumerate(args.layers):
+                    found = [by_key.get(run_key(point(arm, omega, layers, float(lr), warmup, steps, t, s)))
+                             for t in args.task for s in args.seed]
+                    found = [r for r in found if r is not None]
+                    learned = sum(r["verdict"] == "learned" for r in found)
+                    share[i][j] = learned / len(found) if found else float("nan")
+                    label = f"{learned}/{len(found)}" + ("!" if any(r["diverged"] for r in found) else "")
+                    ax.text(j, i, label if found else "-", ha="center", va="center", fontsize=8)
+            image = ax.imshow(share, cmap="RdYlGn", vmin=0, vmax=1, origin="lower", aspect="auto")
+            ax.set_xticks(range(len(args.layers)), [str(d) for d in args.layers])
+            ax.set_yticks(range(len(lrs)), [f"{lr:g}" for lr in lrs])
+            ax.set_xlabel("layers")
+            ax.set_title(panel_title(arm, omega) + (f"\nwarmup {warmup}, steps {steps}" if len(rows) > 1
+                                                    else ""), fontsize=9)
+        ax_row[0].set_ylabel("peak learning rate")
+    fig.colorbar(image, ax=axes.ravel().tolist(), label="share of seeds that learned")
     fig.savefig(path)
     plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------------
+# --edge: the largest learning rate that trains, found on a ladder
+# ---------------------------------------------------------------------------------------------------
+
+LADDER = tuple(float(f"{1e-3 * 2 ** (k / 2):.3g}") for k in range(-4, 11))  # 2.5e-4 ... 0.032, √2 apart
+
+
+def rung(lr: float) -> int:
+    """The ladder's rung nearest to `lr`."""
+    return min(range(len(LADDER)), key=lambda i: abs(math.log(LADDER[i] / lr)))
+
+
+def edge_cells(args) -> list[tuple]:
+    """(arm, ω kind, layers, warm-up, budget, task): each gets its own walk up or down the ladder."""
+    return [(arm, omega, *v) for arm, omega in panels(args)
+            for v in itertools.product(args.layers, args.warmup, args.steps, args.task)]
+
+
+def cell_point(cell: tuple, lr: float, seed: int) -> dict:
+    arm, omega, layers, warmup, steps, task = cell
+    return point(arm, omega, layers, lr, warmup, steps, task, seed)
+
+
+def passes(cell: tuple, i: int, done: dict, seeds: list[int]) -> bool | None:
+    """Whether every seed learned at rung i: False from the first seed that did not (one worker
+    trains no more seeds there), None while it is open."""
+    runs = [done.get(run_key(cell_point(cell, LADDER[i], s))) for s in seeds]
+    if any(r is not None and r["verdict"] != "learned" for r in runs):
+        return False
+    return None if None in runs else True
+
+
+def edge_walk(cell: tuple, done: dict, args) -> tuple[str, int | None, int | None]:
+    """Walk from the first --lr: up while every seed learns, down while one does not.
+    ("run", i, None): rung i is to be trained next. ("edge", good, bad): every seed learned at rung
+    `good` and not at `bad`, one rung above (good None: even the lowest rung fails; bad None: even
+    the highest passes)."""
+    i = rung(args.lr[0])
+    while True:
+        ok = passes(cell, i, done, args.seed)
+        if ok is None:
+            return "run", i, None
+        j = i + 1 if ok else i - 1
+        if not 0 <= j < len(LADDER):
+            return ("edge", i, None) if ok else ("edge", None, i)
+        ok_next = passes(cell, j, done, args.seed)
+        if ok_next is not None and ok_next != ok:
+            return ("edge", i, j) if ok else ("edge", j, i)
+        i = j
+
+
+def edges(args, done: dict) -> list[dict]:
+    """Each cell's edge, read off the results whatever rung the walk started from: the highest rung
+    at which every seed learned, with the rung above run and failed (or the ladder's top passed).
+    Where the results do not settle it yet (found False): the highest rung that passed and the lowest
+    above it that failed, as far as they are known."""
+    out = []
+    for cell in edge_cells(args):
+        known = {i: passes(cell, i, done, args.seed) for i in range(len(LADDER))}
+        good = [i for i, ok in known.items() if ok and (i + 1 == len(LADDER) or known[i + 1] is False)]
+        low = max([i for i, ok in known.items() if ok], default=None)
+        high = min([i for i, ok in known.items() if ok is False and (low is None or i > low)], default=None)
+        arm, omega, layers, warmup, steps, task = cell
+        warmup_steps, budget = schedule(warmup, steps, layers)
+        out.append({"arm": arm, "omega": omega, "layers": layers, "warmup": warmup_steps, "steps": budget,
+                    "task": task, "found": bool(good) or high == 0,
+                    "largest_lr": None if low is None else LADDER[low],  # every seed learned
+                    "failing_lr": None if high is None else LADDER[high]})  # a seed did not
+    return out
+
+
+def edge_text(e: dict) -> str:
+    low, high = e["largest_lr"], e["failing_lr"]
+    if e["found"]:
+        return f"<{high:g}" if low is None else f"{low:g}" if high is not None else f">={low:g}"
+    return "?" if low is None and high is None else f">={low:g}" if high is None else (
+        f"<{high:g}" if low is None else f"{low:g}-{high:g}?")
+
+
+def edge_table(found: list[dict], args) -> str:
+    """Per schedule: arms as rows, depths as columns, each cell the largest rate at which every seed
+    learned. Unsettled cells: '>=' a rate that passed with the rung above not yet run, '<' a rate that
+    failed with none below passing yet, 'a-b?' a gap between the two; '?' nothing run."""
+    out = []
+    for warmup, steps, task in itertools.product(args.warmup, args.steps, args.task):
+        lines = [f"largest learning rate at which all {len(args.seed)} seeds learned: warmup {warmup}, "
+                 f"steps {steps}, {task}",
+                 f"{'':<18}|" + "".join(f"{f'{d} layers':>16}" for d in args.layers)]
+        for arm, omega in panels(args):
+            cells = []
+            for layers in args.layers:
+                e = next(e for e in found if (e["arm"], e["omega"], e["layers"], e["task"]) ==
+                         (arm, omega, layers, task) and (e["warmup"], e["steps"]) ==
+                         schedule(warmup, steps, layers))
+                cells.append(f"{edge_text(e):>16}")
+            lines.append(f"{panel_title(arm, omega):<18}|" + "".join(cells))
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -287,6 +442,58 @@ def run_grid(todo: list[dict], args, done: dict, n_total: int, log) -> None:
             raise
 
 
+def run_edges(args, done: dict, log) -> None:
+    """--edge: train each cell's next rung (all seeds at once), until every cell's walk has ended."""
+    start, i, in_flight = time.perf_counter(), 0, {}
+
+    def next_points() -> list[dict]:
+        todo = []
+        for cell in edge_cells(args):
+            what, at, _ = edge_walk(cell, done, args)
+            todo += [p for s in args.seed if what == "run"
+                     for p in [cell_point(cell, LADDER[at], s)]
+                     if run_key(p) not in done and run_key(p) not in in_flight]
+        return sorted(todo, key=work, reverse=True)  # the longest first, so none is left to run alone
+
+    def finish(run: dict) -> None:
+        nonlocal i
+        append_line(args.results, run)
+        done[run_key(run)] = run
+        i += 1
+        log(progress_line(i, None, run, time.perf_counter() - start, None))
+
+    if args.jobs == 1:
+        while todo := next_points():
+            finish(run_point(todo[0], args))
+        return
+    with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+        try:
+            while True:
+                for p in next_points():
+                    in_flight[run_key(p)] = pool.submit(run_point, p, args)
+                if not in_flight:
+                    return
+                finished, _ = wait(in_flight.values(), return_when=FIRST_COMPLETED)
+                for key in [k for k, f in in_flight.items() if f in finished]:
+                    finish(in_flight.pop(key).result())
+        except KeyboardInterrupt:
+            for future in in_flight.values():
+                future.cancel()
+            raise
+
+
+def summary(args, done: dict) -> tuple[list[dict], str]:
+    """The runs the sweep covers (the grid's points, or every run of the walks' cells) and the tables
+    printed at its end."""
+    if args.edge:
+        cells = {(c[0], c[1], c[2], *schedule(c[3], c[4], c[2]), c[5]) for c in edge_cells(args)}
+        runs = [r for r in done.values() if r["seed"] in args.seed and (
+            r["arm"], r.get("omega", "closed"), r["layers"], r["warmup"], r["steps"], r["task"]) in cells]
+        return runs, tables(runs, args) + "\n\n" + edge_table(edges(args, done), args)
+    runs = [done[run_key(p)] for p in grid_points(args) if run_key(p) in done]
+    return runs, tables(runs, args)
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Run the sweep as the command line asks; return what --json writes."""
     args = parse_args(argv)
@@ -295,26 +502,34 @@ def main(argv: list[str] | None = None) -> dict:
         done = load_results(args.results, args.fixed)
     except ValueError as error:
         build_parser().error(f"argument --results: {error}")  # exit 2
-    points = grid_points(args)
-    todo = [p for p in points if run_key(p) not in done]
-    config = {name: getattr(args, name) for name in GRID_FLAGS} | args.fixed
+    points = [] if args.edge else grid_points(args)
+    todo = [] if args.report else [p for p in points if run_key(p) not in done]
+    config = {name: getattr(args, name) for name in GRID_FLAGS} | args.fixed | (
+        {"edge": True} if args.edge else {})
     log("sweep: " + ", ".join(f"{k}={v}" for k, v in config.items())
         + f", jobs={args.jobs}, threads={args.threads}, torch={torch.__version__}")
-    upper = sum(work(p) for p in todo) * MS_PER_LAYER_STEP / 1000 / args.jobs
-    log(f"{len(points)} runs, {len(points) - len(todo)} already in {args.results}; estimate for the "
-        f"{len(todo)} to do: about {minutes(upper)} on a 2-core CPU ({MS_PER_LAYER_STEP} ms per layer "
-        f"per step with evaluations, full budgets; runs that learn stop early)")
-    if not os.path.exists(args.results) or os.path.getsize(args.results) == 0:
+    if args.edge:
+        log(f"{len(edge_cells(args))} walks on the ladder {', '.join(f'{lr:g}' for lr in LADDER)}, from "
+            f"{LADDER[rung(args.lr[0])]:g}; {len(done)} runs already in {args.results}")
+    else:
+        upper = sum(work(p) for p in todo) * MS_PER_LAYER_STEP / 1000 / args.jobs
+        log(f"{len(points)} runs, {len(points) - len(todo)} already in {args.results}; estimate for the "
+            f"{len(todo)} to do: about {minutes(upper)} on a 2-core CPU ({MS_PER_LAYER_STEP} ms per layer "
+            f"per step with evaluations, full budgets; runs that learn stop early)")
+    if not args.report and (not os.path.exists(args.results) or os.path.getsize(args.results) == 0):
         append_line(args.results, {"fixed": args.fixed, "torch": torch.__version__})
     interrupted = False
     try:
-        run_grid(todo, args, done, len(points), log)
+        if args.edge and not args.report:
+            run_edges(args, done, log)
+        elif todo:
+            run_grid(todo, args, done, len(points), log)
     except KeyboardInterrupt:
         interrupted = True
         log(f"interrupted: the finished runs are in {args.results}; run the same command to go on")
-    runs = [done[run_key(p)] for p in points if run_key(p) in done]
-    log("\n" + tables(runs, args))
-    out = {"config": config, "runs": runs}
+    runs, text = summary(args, done)
+    log("\n" + text)
+    out = {"config": config, "runs": runs} | ({"edges": edges(args, done)} if args.edge else {})
     cli.write_outputs(args, out, lambda path: save_plot(path, runs, args), log)
     if interrupted:
         sys.exit(130)

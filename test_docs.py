@@ -252,6 +252,7 @@ def parsed(parser, argv: list[str]):
 
 def demo_output(argv: list[str]) -> str:
     args = parsed(train_toy.build_parser(), argv)
+    train_toy.fill_schedule(args)
     config = cli.configuration(args)
     kept = kept_results("train_toy", config)
     data = train_toy.ToyData(args.task, args.digits, args.seed, args.device)
@@ -267,7 +268,7 @@ def demo_output(argv: list[str]) -> str:
             lines.append(f"  {arm} diverged at step {r['diverged_at']}; last finite loss …")
         results.append(train_toy.ArmResult(arm, r["history"], r["steps"], r["diverged_at"], None, r["seconds"],
                                            r["train_ms_per_step"], r["examples"], r["interrupted"]))
-    lines.append(train_toy.summary(results, kept["fold_error"], args.layers) + "  (0.0s in all)")
+    lines.append(train_toy.summary(results, kept["fold_error"], args) + "  (0.0s in all)")
     return "\n".join(lines + ([f"wrote {args.plot}"] if args.plot else []))
 
 
@@ -287,10 +288,9 @@ def measure_output(argv: list[str]) -> str:
 
 
 def sweep_output(argv: list[str]) -> str:
-    args = sweep.parse_args(without_plot(argv) + ["--device", "cpu"])
-    done = sweep.load_results(args.results, args.fixed)
-    runs = [done[sweep.run_key(p)] for p in sweep.grid_points(args) if sweep.run_key(p) in done]
-    return sweep.tables(runs, args)
+    """The tables at a sweep's end (--report: of a results file made on any device, a GPU's too)."""
+    args = sweep.parse_args(without_plot(argv) + ([] if "--report" in argv else ["--device", "cpu"]))
+    return sweep.summary(args, sweep.load_results(args.results, args.fixed))[1]
 
 
 def bench_output(argv: list[str]) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import cli
 import report
 import train_toy
 from testing_tools import TINY_RUN, command_line_error, exit_2_error
@@ -135,9 +136,50 @@ def test_ctrl_c_prints_the_summary_of_what_ran(monkeypatch, capsys):
     (["--lr", "0"], "--lr"), (["--lr", "-1e-3"], "--lr"), (["--lr", "nan"], "--lr"),
     (["--d-model", "30", "--n-heads", "4"], "--n-heads"), (["--digits", "17"], "--digits"),
     (["--json", "/no/such/folder/out.json"], "--json"), (["--arms", "vanilla", "--omega", "profiled"], "--omega"),
-    (["--threads", "0"], "--threads")])
+    (["--threads", "0"], "--threads"), (["--layers", "192", "--lr", "0"], "--lr"),
+    (["--layers", "384", "--warmup", "-1"], "--warmup"), (["--layers", "96", "--steps", "0"], "--steps")])
 def test_bad_input_exits_2_naming_the_flag(argv, flag, capsys):
     assert f"argument {flag}" in exit_2_error(train_toy.parse_args, argv, capsys)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The defaults by depth (the rule map, tutorial.md Section 6)
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layers", [1, 6, 24, 48])
+def test_up_to_48_layers_the_demo_keeps_its_own_settings(layers):
+    args = train_toy.parse_args(["--layers", str(layers)])
+    assert (args.lr, args.warmup, args.steps) == (2e-3, 50, 200)
+    assert "schedule" not in cli.configuration(args)  # the configuration line is today's
+
+
+@pytest.mark.parametrize("layers", [49, 96, 100, 192, 384, 512])
+def test_deeper_the_peak_falls_as_the_square_root_of_depth(layers):
+    args = train_toy.parse_args(["--layers", str(layers)])
+    exact = 2e-3 * (48 / layers) ** 0.5
+    assert abs(args.lr / exact - 1) < 5e-3  # rounded to 3 significant figures: off by at most 0.5%
+    assert (args.warmup, args.steps) == (100, 400)
+    twice = train_toy.parse_args(["--layers", str(2 * layers)])
+    assert abs(twice.lr / args.lr * 2 ** 0.5 - 1) < 1.01e-2  # one √2 step per doubling (two roundings)
+    reason = cli.configuration(args)["schedule"]
+    assert f"{layers} > 48 layers" in reason and f"lr {args.lr:g}" in reason and "Section 6" in reason
+
+
+def test_flags_given_win_and_the_reason_names_only_what_the_depth_set():
+    args = train_toy.parse_args(["--layers", "192", "--lr", "3e-3", "--steps", "50"])
+    assert (args.lr, args.warmup, args.steps) == (3e-3, 100, 50)
+    assert "warmup 100" in args.schedule and "lr 0" not in args.schedule and "steps" not in args.schedule
+    given = train_toy.parse_args(["--layers", "192", "--lr", "3e-3", "--steps", "50", "--warmup", "7"])
+    assert not hasattr(given, "schedule")
+
+
+def test_a_deep_admin_that_fails_is_told_what_to_change():
+    stuck = [train_toy.ArmResult(arm, history=[[0, 2.3, 0.0], [400, 2.3, 0.0]], steps=400)
+             for arm in ("vanilla", "admin")]
+    advice = train_toy.conclusion(stuck, 384, 7.07e-4, 100)
+    assert "admin did not learn at peak lr 0.000707 with 100 warm-up steps" in advice
+    assert "--lr 0.00035" in advice  # half of 7.07e-4, to 2 figures and "--warmup 200" in advice
 
 
 def test_bad_input_on_the_real_command_line_has_no_traceback():

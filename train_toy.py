@@ -246,7 +246,8 @@ def fold_error(model: admin.PostLNTransformer, inp: torch.Tensor) -> float:
     return ((admin.reparameterize(model).eval()(inp) - want).abs().max() / want.abs().max()).item()
 
 
-def conclusion(results: list[ArmResult], layers: int) -> str:
+def conclusion(results: list[ArmResult], layers: int, lr: float | None = None,
+               warmup: int | None = None) -> str:
     by_arm = {r.arm: r for r in results}
     v, a = by_arm.get("vanilla"), by_arm.get("admin")
     if v is None or a is None or v.interrupted or a.interrupted:
@@ -259,6 +260,11 @@ def conclusion(results: list[ArmResult], layers: int) -> str:
     if a.verdict == "learned" and v.verdict == "learned":
         return (f"Conclusion: at {layers} layers both Post-LN arms learn; the failure of vanilla "
                 f"Post-LN is a matter of depth (try --layers 48).")
+    if a.verdict != "learned" and lr is not None:
+        return (f"Conclusion: vanilla {v.verdict}, admin {a.verdict} at peak lr {lr:g} with {warmup} "
+                f"warm-up steps. Deep Admin fails when the learning rate climbs too far too fast: halve "
+                f"it (--lr {float(f'{lr / 2:.2g}'):g}) or double the warm-up (--warmup {2 * warmup}); "
+                f"the rule map behind the defaults is in tutorial.md, Section 6.")
     return f"Conclusion: vanilla {v.verdict}, admin {a.verdict}; see the table above."
 
 
@@ -283,13 +289,13 @@ def run(args, log) -> tuple[list[ArmResult], float | None]:
     return results, None if trained is None else fold_error(trained, data.eval_input[: args.batch_size])
 
 
-def summary(results: list[ArmResult], folded: float | None, layers: int) -> str:
+def summary(results: list[ArmResult], folded: float | None, args) -> str:
     """What follows the training lines: the table, the text plot, examples, the conclusion."""
     parts = ["\nsummary (train ms/step: the median step)", report.summary_table(results, folded),
              "\n" + report.text_plot({r.arm: r.history for r in results}, CHANCE_LOSS)]
     parts += [f"\n{r.arm}, held-out examples:\n" + "\n".join("  " + e for e in r.examples)
               for r in results if r.examples]
-    return "\n".join(parts + ["\n" + conclusion(results, layers)])
+    return "\n".join(parts + ["\n" + conclusion(results, args.layers, args.lr, args.warmup)])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -297,24 +303,71 @@ def summary(results: list[ArmResult], folded: float | None, layers: int) -> str:
 # ---------------------------------------------------------------------------------------------------
 
 
-def add_schedule_flags(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """--steps, --lr, --warmup: the demo's schedule, shared with the scripts that train as it does."""
-    p.add_argument("--steps", type=cli.whole(1), default=200,
-                   help="training budget per arm; an arm that neither learns nor diverges runs all of it")
-    p.add_argument("--lr", type=cli.positive_float, default=2e-3, help="peak Adam learning rate")
-    p.add_argument("--warmup", type=cli.whole(0), default=50, help="linear warm-up steps to --lr")
+SHALLOW = 48  # up to this depth the demo trains at 2e-3, 50 warm-up steps of 200; deeper, by the rule
+
+
+def schedule_for(layers: int) -> dict:
+    """The demo's default peak learning rate, warm-up and budget at `layers` layers.
+
+    Deeper than 48 layers the largest rate at which Admin trains falls about one √2 step per doubling
+    of depth (the rule map, tutorial.md Section 6), so the default peak falls as √(48/layers), one step
+    under that edge, with 100 warm-up steps of 400 (deep models need more steps to learn)."""
+    if layers <= SHALLOW:
+        return {"lr": 2e-3, "warmup": 50, "steps": 200}
+    return {"lr": float(f"{2e-3 * math.sqrt(SHALLOW / layers):.3g}"), "warmup": 100, "steps": 400}
+
+
+def add_schedule_flags(p: argparse.ArgumentParser, by_depth: bool = False) -> argparse.ArgumentParser:
+    """--steps, --lr, --warmup: the demo's schedule, shared with the scripts that train as it does.
+    by_depth: no defaults here; parse_args takes them from schedule_for(--layers)."""
+    shallow = schedule_for(SHALLOW)
+
+    def default(name: str):  # by depth: None until fill_schedule
+        return None if by_depth else shallow[name]
+
+    def rule(name: str) -> str:
+        return (f" (default: {shallow[name]:g} up to {SHALLOW} layers, deeper by the rule: see --layers)"
+                if by_depth else "")
+    p.add_argument("--steps", type=cli.whole(1), default=default("steps"),
+                   help="training budget per arm; an arm that neither learns nor diverges runs all of it"
+                        + rule("steps"))
+    p.add_argument("--lr", type=cli.positive_float, default=default("lr"),
+                   help="peak Adam learning rate" + rule("lr"))
+    p.add_argument("--warmup", type=cli.whole(0), default=default("warmup"),
+                   help="linear warm-up steps to --lr" + rule("warmup"))
     return p
+
+
+def fill_schedule(args: argparse.Namespace) -> None:
+    """Give --lr, --warmup and --steps left unset their values at this depth, and say why when the
+    depth changed them (args.schedule, shown on the configuration line)."""
+    chosen = {k: v for k, v in schedule_for(args.layers).items() if getattr(args, k) is None}
+    for name, value in chosen.items():
+        setattr(args, name, value)
+    if args.layers > SHALLOW and chosen:
+        args.schedule = (f"by depth, {args.layers} > {SHALLOW} layers: "
+                         + ", ".join(f"{k} {v:g}" for k, v in chosen.items())
+                         + f" (lr = 2e-3·√({SHALLOW}/layers); the rule map, tutorial.md Section 6)")
+
+
+class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows each default, except those the depth sets (None until parse_args)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
 
 
 def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     """The demo's flags: its training settings, then the model flags it shares (cli.py)."""
     p = argparse.ArgumentParser(description="Vanilla Post-LN vs Admin on a toy sequence task.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter, add_help=add_help)
+                                formatter_class=DefaultsHelp, add_help=add_help)
     p.add_argument("--layers", type=cli.whole(1), default=48,
-                   help="Transformer layers; each has 2 residual sub-layers, so ω uses n = 2 * layers")
+                   help="Transformer layers; each has 2 residual sub-layers, so ω uses n = 2 * layers. "
+                        f"Deeper than {SHALLOW}, the unset --lr, --warmup and --steps follow the rule: "
+                        f"lr 2e-3·√({SHALLOW}/layers), warmup 100, steps 400")
     p.add_argument("--arms", type=cli.comma_list(cli.one_of(ARMS), "arms"), default=["vanilla", "admin"],
                    help=f"comma-separated residual kinds to compare, from {', '.join(ARMS)}")
-    add_schedule_flags(p)
+    add_schedule_flags(p, by_depth=True)
     p.add_argument("--omega", choices=("closed", "profiled"), default="closed",
                    help="admin arm: ω from the closed form, or profiled on the first batch (the paper)")
     p.add_argument("--eval-every", type=cli.whole(1), default=20, help="steps between held-out evaluations")
@@ -332,6 +385,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = cli.finish(p, p.parse_args(argv))
     if args.omega == "profiled" and "admin" not in args.arms:
         p.error(f"argument --omega: profiled applies to the admin arm, which --arms={','.join(args.arms)} lacks")
+    fill_schedule(args)
     return args
 
 
@@ -344,7 +398,7 @@ def main(argv: list[str] | None = None) -> dict:
     log("configuration: " + ", ".join(f"{k}={v}" for k, v in config.items()))
     start = time.perf_counter()
     results, folded = run(args, log)
-    log(f"{summary(results, folded, args.layers)}  ({time.perf_counter() - start:.1f}s in all)")
+    log(f"{summary(results, folded, args)}  ({time.perf_counter() - start:.1f}s in all)")
     out = {"config": config, "arms": {r.arm: report.result_json(r) for r in results}, "fold_error": folded}
     title = f"{args.layers}-layer models, {args.task} {args.digits} digits, seed {args.seed}"
     cli.write_outputs(args, out, lambda path: report.curves_png(
