@@ -3,12 +3,20 @@
     python sweep.py                      # the default grid (216 runs; its time estimate is printed first)
     python sweep.py --quick              # a coarse grid for a class, a few minutes
     python sweep.py --arms vanilla,admin --layers 12,48 --lr 1e-3,2e-3 --seed 0,1 --plot map.png
+    python sweep.py --edge --arms admin --layers 48,96 --warmup 100 --steps +300 --lr 2e-3
+                                         # the largest learning rate at which every seed learns
+    python sweep.py --report --edge ... --results results/rule_map.jsonl   # tabulate a kept file
 
 Every grid point is one run of train_toy's training, exactly as `python train_toy.py --arms ARM
 --layers L --lr LR ...` would train that arm (same model, batches, schedule, verdict). The flags are
 train_toy's, with the same names; --arms, --layers, --lr, --warmup, --steps, --task, --seed and --omega
 take comma-separated lists and the grid is their product (--omega varies the admin arm alone). Other train_toy flags (--d-model, --batch-size,
 --digits, --n-heads, --eval-every, --output-change-scale) pass through with one value.
+
+--edge replaces the grid of learning rates by a walk per arm, depth and schedule on a ladder of rates
+√2 apart, from the one --lr up while every seed learns and down while one does not, until a rate that
+passes sits under one that fails: the edge. --warmup also takes 'layers' (one step per layer) and --steps
+'+N' (the warm-up, then N steps), so one schedule can grow with depth.
 
 Each finished run is appended to --results as one JSON line, so an interrupted sweep loses only the
 runs in flight, and the same command run again skips what the file already holds.
@@ -99,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=cli.whole(1), default=1,
                    help="worker processes; runs are independent, so N workers on N free cores finish "
                         "about N times sooner (one run with 2 threads already fills 2 cores; runs that "
-                        "share one GPU take turns)")
+                        "share one GPU take turns, unless NVIDIA's multi-process service (MPS) runs: "
+                        "see .ci/gpu-check rule)")
     p.add_argument("--threads", type=cli.whole(1),
                    help="torch threads per worker (default: the cores divided by --jobs, at least 1)")
     p.add_argument("--results", metavar="PATH", default="sweep_results.jsonl",

@@ -2,6 +2,7 @@
 
     python train_toy.py --layers 48        # vanilla Post-LN vs Admin, 48 layers (96 sub-layers)
     python train_toy.py --layers 6         # both learn: the failure is a matter of depth
+    python train_toy.py --layers 192       # deeper than 48: a smaller peak learning rate, by the rule
     python train_toy.py --device cuda      # on a GPU (auto picks it), each step replayed as a CUDA graph
 
 Every arm trains the same admin.PostLNTransformer (same initial weights: ω adds no random draws), on the
@@ -24,6 +25,9 @@ token is the argmax given the true earlier ones exactly when greedy decoding rep
 
 Optimizer: Adam, betas (0.9, 0.98) as in the paper's recipes; linear warm-up to --lr, then linear decay
 to zero at the end of --steps; no gradient clipping (it would hide the instability this demo is about).
+Up to 48 layers the defaults are lr 2e-3, 50 warm-up steps, 200 steps. Deeper, Admin trains only at
+smaller rates, so what is not given follows the rule map (tutorial.md Section 6): lr 2e-3·√(48/layers),
+100 warm-up steps of 400; the configuration line says so.
 The output change itself, without training, is measure.py; the grid over depth × learning rate is
 sweep.py; both stand on this file.
 """
@@ -319,22 +323,13 @@ def schedule_for(layers: int) -> dict:
 
 def add_schedule_flags(p: argparse.ArgumentParser, by_depth: bool = False) -> argparse.ArgumentParser:
     """--steps, --lr, --warmup: the demo's schedule, shared with the scripts that train as it does.
-    by_depth: no defaults here; parse_args takes them from schedule_for(--layers)."""
+    by_depth: their defaults are None, and fill_schedule takes them from schedule_for(--layers)."""
     shallow = schedule_for(SHALLOW)
-
-    def default(name: str):  # by depth: None until fill_schedule
-        return None if by_depth else shallow[name]
-
-    def rule(name: str) -> str:
-        return (f" (default: {shallow[name]:g} up to {SHALLOW} layers, deeper by the rule: see --layers)"
-                if by_depth else "")
-    p.add_argument("--steps", type=cli.whole(1), default=default("steps"),
-                   help="training budget per arm; an arm that neither learns nor diverges runs all of it"
-                        + rule("steps"))
-    p.add_argument("--lr", type=cli.positive_float, default=default("lr"),
-                   help="peak Adam learning rate" + rule("lr"))
-    p.add_argument("--warmup", type=cli.whole(0), default=default("warmup"),
-                   help="linear warm-up steps to --lr" + rule("warmup"))
+    for name, kind, text in (
+            ("steps", cli.whole(1), "training budget per arm; an arm that neither learns nor diverges runs all of it"),
+            ("lr", cli.positive_float, "peak Adam learning rate"), ("warmup", cli.whole(0), "linear warm-up steps to --lr")):
+        p.add_argument(f"--{name}", type=kind, default=None if by_depth else shallow[name], help=text + (
+            f" (default: {shallow[name]:g} up to {SHALLOW} layers, deeper by the rule: see --layers)" if by_depth else ""))
     return p
 
 
