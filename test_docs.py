@@ -162,7 +162,7 @@ def test_tutorial_figures_exist_and_name_the_command_that_makes_them():
     for alt, path in figures:
         assert (ROOT / path).stat().st_size > 10_000, f"{path} missing or empty"
         assert len(alt.split()) >= 10, f"alt text of {path} does not say what it shows"
-        assert f"--plot {path}" in text, f"no command in tutorial.md regenerates {path}"
+        assert f"--plot {path}" in text or f"--out {path}" in text, f"no command in tutorial.md regenerates {path}"
 
 
 # ---------------------------------------------------------------------------------------------------
