@@ -8,15 +8,16 @@ where i counts residual *sub-layers* (a self-attention and a feed-forward branch
 initialization the shortcut and the branch have about the same variance, so every sub-layer leans on its
 own branch f_i by about one half. A small parameter update then moves the output by an amount that
 grows with the number of sub-layers n, O(n), and deep Post-LN models diverge early in training.
-Pre-LN (x_i = x_{i-1} + f_i(LN(x_{i-1}))) trains, but it is often the weaker model when it does.
+Pre-LN (x_i = x_{i-1} + f_i(LN(x_{i-1}))) trains; in the paper's 18-layer translation experiment it
+ended a little below Admin (the evidence: tutorial.md, Section 7).
 
 The fix (Liu et al., 2020, Sec. 4). Scale each shortcut by ω_i,
 
     x_i = LN(ω_i ⊙ x_{i-1} + f_i(x_{i-1}))                             (Admin)
 
-with ω_i chosen once, at initialization, so that the output change is O(log n) (or O(1)). Nothing else
-changes: no new hyper-parameter, and after training ω can be folded into the surrounding weights so the
-model is a plain Post-LN Transformer again (`reparameterize`).
+with ω_i chosen once, at initialization, so that the output change is O(log n) (or O(1): that choice,
+`output_change_scale`, is Admin's one setting). Nothing else changes, and after training ω can be folded
+into the surrounding weights so the model is a plain Post-LN Transformer again (`reparameterize`).
 
 Count sub-layers, not layers: an encoder or decoder-only layer has 2, a decoder layer with
 cross-attention has 3, and each stack is counted on its own. For your own Post-LN layer:

@@ -17,7 +17,7 @@ ends the run as "diverged") and records, from step --every on and every --every 
 and accuracy, the output's change since step 0, and five-number summaries over the layers (min,
 quartiles, max) of each LayerNorm input's RMS, of each layer's gradient norm (also the first and last
 layer's) and of the attention entropy, and how far ω has moved from its start (median sub-layer). Besides
-the residual kinds, it trains these variants of Admin, the interventions of tutorial.md, Section 6:
+the residual kinds, it trains these variants of Admin, the interventions of tutorial.md, Section 12:
     admin-frozen-ln    LayerNorm gains and biases not trained
     admin-fixed-omega  ω not trained
     alpha-only         the shortcut scaled by DeepNorm's fixed α instead of ω, no β

@@ -162,7 +162,39 @@ def test_tutorial_figures_exist_and_name_the_command_that_makes_them():
     for alt, path in figures:
         assert (ROOT / path).stat().st_size > 10_000, f"{path} missing or empty"
         assert len(alt.split()) >= 10, f"alt text of {path} does not say what it shows"
-        assert f"--plot {path}" in text, f"no command in tutorial.md regenerates {path}"
+        assert f"--plot {path}" in text or f"--out {path}" in text, f"no command in tutorial.md regenerates {path}"
+
+
+def tutorial_sections() -> dict[int, str]:
+    """tutorial.md's numbered sections ("## N. Title"): number → heading and text up to the next one."""
+    parts = re.split(r"^## (\d+)\. ", (ROOT / "tutorial.md").read_text(), flags=re.M)
+    return {int(n): body for n, body in zip(parts[1::2], parts[2::2])}
+
+
+SECTION_POINTER = re.compile(r"Sections? (\d+)(?:–(\d+))?")
+
+
+def test_readme_points_into_the_tutorial_where_it_says():
+    """Every "Section N" of README.md exists, and every script that README names in backticks before
+    the pointer ("(`python measure.py`): Section 3") is in that section's text."""
+    sections, checked = tutorial_sections(), 0
+    for item in (ROOT / "README.md").read_text().split("\n- "):
+        start = 0
+        for pointer in SECTION_POINTER.finditer(item):
+            numbers = [int(n) for n in pointer.groups() if n]
+            assert all(n in sections for n in numbers), f"README points to {pointer[0]}, not in tutorial.md"
+            for script in re.findall(r"`[^`]*?(\w+\.py)\b[^`]*`", item[start:pointer.start()]):
+                assert script in sections[numbers[0]], f"README: {script} is not in tutorial.md {pointer[0]}"
+                checked += 1
+            start = pointer.end()
+    assert checked >= 8, checked
+
+
+@pytest.mark.parametrize("path", sorted(p.name for p in ROOT.glob("*.py")))
+def test_code_points_to_tutorial_sections_that_exist(path):
+    sections = tutorial_sections()
+    for number in re.findall(r"tutorial\.md,? Section (\d+)", (ROOT / path).read_text()):
+        assert int(number) in sections, f"{path} points to tutorial.md Section {number}, which does not exist"
 
 
 # ---------------------------------------------------------------------------------------------------

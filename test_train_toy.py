@@ -143,7 +143,7 @@ def test_bad_input_exits_2_naming_the_flag(argv, flag, capsys):
 
 
 # ---------------------------------------------------------------------------------------------------
-# The defaults by depth (the rule map, tutorial.md Section 6)
+# The defaults by depth (the rule map, tutorial.md Section 12)
 # ---------------------------------------------------------------------------------------------------
 
 
@@ -163,7 +163,7 @@ def test_deeper_the_peak_falls_as_the_square_root_of_depth(layers):
     twice = train_toy.parse_args(["--layers", str(2 * layers)])
     assert abs(twice.lr / args.lr * 2 ** 0.5 - 1) < 1.01e-2  # one √2 step per doubling (two roundings)
     reason = cli.configuration(args)["schedule"]
-    assert f"{layers} > 48 layers" in reason and f"lr {args.lr:g}" in reason and "Section 6" in reason
+    assert f"{layers} > 48 layers" in reason and f"lr {args.lr:g}" in reason and "Section 12" in reason
 
 
 def test_flags_given_win_and_the_reason_names_only_what_the_depth_set():

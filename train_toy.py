@@ -268,7 +268,7 @@ def conclusion(results: list[ArmResult], layers: int, lr: float | None = None,
         return (f"Conclusion: vanilla {v.verdict}, admin {a.verdict} at peak lr {lr:g} with {warmup} "
                 f"warm-up steps. Deep Admin fails when the learning rate climbs too far too fast: halve "
                 f"it (--lr {float(f'{lr / 2:.2g}'):g}) or double the warm-up (--warmup {2 * warmup}); "
-                f"the rule map behind the defaults is in tutorial.md, Section 6.")
+                f"the rule map behind the defaults is in tutorial.md, Section 12.")
     return f"Conclusion: vanilla {v.verdict}, admin {a.verdict}; see the table above."
 
 
@@ -314,7 +314,7 @@ def schedule_for(layers: int) -> dict:
     """The demo's default peak learning rate, warm-up and budget at `layers` layers.
 
     Deeper than 48 layers the largest rate at which Admin trains falls about one √2 step per doubling
-    of depth (the rule map, tutorial.md Section 6), so the default peak falls as √(48/layers), one step
+    of depth (the rule map, tutorial.md Section 12), so the default peak falls as √(48/layers), one step
     under that edge, with 100 warm-up steps of 400 (deep models need more steps to learn)."""
     if layers <= SHALLOW:
         return {"lr": 2e-3, "warmup": 50, "steps": 200}
@@ -342,7 +342,7 @@ def fill_schedule(args: argparse.Namespace) -> None:
     if args.layers > SHALLOW and chosen:
         args.schedule = (f"by depth, {args.layers} > {SHALLOW} layers: "
                          + ", ".join(f"{k} {v:g}" for k, v in chosen.items())
-                         + f" (lr = 2e-3·√({SHALLOW}/layers); the rule map, tutorial.md Section 6)")
+                         + f" (lr = 2e-3·√({SHALLOW}/layers); the rule map, tutorial.md Section 12)")
 
 
 class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
