@@ -26,7 +26,7 @@ token is the argmax given the true earlier ones exactly when greedy decoding rep
 Optimizer: Adam, betas (0.9, 0.98) as in the paper's recipes; linear warm-up to --lr, then linear decay
 to zero at the end of --steps; no gradient clipping (it would hide the instability this demo is about).
 Up to 48 layers the defaults are lr 2e-3, 50 warm-up steps, 200 steps. Deeper, Admin trains only at
-smaller rates, so what is not given follows the rule map (tutorial.md Section 6): lr 2e-3·√(48/layers),
+smaller rates, so what is not given follows the rule map (tutorial.md Section 12): lr 2e-3·√(48/layers),
 100 warm-up steps of 400; the configuration line says so.
 The output change itself, without training, is measure.py; the grid over depth × learning rate is
 sweep.py; both stand on this file.
