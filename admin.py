@@ -7,7 +7,8 @@ The problem. A Post-LN Transformer normalizes *after* each residual add,
 where i counts residual *sub-layers* (a self-attention and a feed-forward branch are two). At
 initialization the shortcut and the branch have about the same variance, so every sub-layer leans on its
 own branch f_i by about one half. A small parameter update then moves the output by an amount that
-grows with the number of sub-layers n, O(n), and deep Post-LN models diverge early in training.
+grows with the number of sub-layers n, O(n), and deep Post-LN models fail early in training (in the
+paper's translation runs they diverged; on our toy they get stuck at chance).
 Pre-LN (x_i = x_{i-1} + f_i(LN(x_{i-1}))) trains; in the paper's 18-layer translation experiment it
 ended a little below Admin (the evidence: tutorial.md, Section 7).
 
@@ -62,8 +63,8 @@ from torch import Tensor, nn
 # ---------------------------------------------------------------------------------------------------
 # 1. The value of ω
 #
-# With Var x = Var f = 1 a sub-layer depends on its own branch by β = 1/(1 + ω²), and the output change
-# after a small update is proportional to Σβ over the n + 1 terms (embedding and n sub-layers):
+# With Var x = Var f = 1 a sub-layer's dependency share on its own branch is s = 1/(1 + ω²), and the
+# output change after a small update is proportional to Σs over the n + 1 terms (embedding and n sub-layers):
 # (n + 1) / (1 + ω²). Asking for that to be (n + 1)/2, ln(n + 1) or 1 gives the three formulas below,
 # those of the admin-torch 0.1.0 package (which states them without this derivation; it is ours).
 # ---------------------------------------------------------------------------------------------------
@@ -172,7 +173,7 @@ RESIDUALS = ("admin", "vanilla", "preln", "deepnorm")
 @dataclass
 class TransformerConfig:
     """Sizes and the residual kind. residual: "admin" (Post-LN with ω), "vanilla" (Post-LN, ω = 1),
-    "preln" (Pre-LN baseline) or "deepnorm" (Post-LN with DeepNet's fixed α and initial scale β).
+    "preln" (Pre-LN baseline) or "deepnorm" (Post-LN with DeepNet's fixed α and initial scale β_DN).
     For "admin", ω = calculate_init(2 * n_layers, output_change_scale), a trainable vector per
     sub-layer if omega_as_parameter (the paper), else a fixed scalar."""
 
@@ -312,7 +313,7 @@ class PostLNTransformer(nn.Module):
             elif isinstance(module, CausalSelfAttention):
                 for w in module.in_proj_weight.chunk(3):  # Q, K, V: (C, C) each
                     nn.init.xavier_uniform_(w)
-        if config.residual == "deepnorm":  # DeepNet's β, once, after the draws: the same random numbers
+        if config.residual == "deepnorm":  # DeepNet's β_DN, once, after the draws: the same random numbers
             for block in self.blocks:
                 block.scale_branch_weights(deepnorm_beta(config.n_layers))
 
@@ -416,7 +417,7 @@ def fold_omega(omega: Tensor, producers: list[Tensor], readers: list[Tensor]) ->
     """Fold the ω_i of one sub-layer into its neighbours, in place, so its shortcut needs no ω.
 
     omega: ω_i, shape (C,) or (1,). producers: the tensors that make x_{i-1}, each with C last — a
-    LayerNorm's weight γ and bias β (x_{i-1} = γ ⊙ n + β), or the embedding tables that sum to x_0
+    LayerNorm's weight γ and bias b (x_{i-1} = γ ⊙ u + b), or the embedding tables that sum to x_0
     (V, C); each is multiplied by ω_i, so they make ω_i ⊙ x_{i-1}. readers: the weight matrices
     (out, C) in branch i that read x_{i-1} — Q, K and V of self-attention, only Q of cross-attention
     (K and V read the encoder's output, which carries no ω of this sub-layer), the first linear of a

@@ -259,8 +259,8 @@ def conclusion(results: list[ArmResult], layers: int, lr: float | None = None,
     if a.verdict == "learned" and v.verdict != "learned":
         return (f"Conclusion: at {layers} layers plain Post-LN {v.verdict}, while Admin learned the task "
                 f"from the same weights, data and optimizer: the only change is ω on the shortcut. "
-                f"(In our stability map vanilla learned at 6 layers, and at 12 only with 4x the steps "
-                f"and 200 warm-up steps: tutorial.md, Section 5.)")
+                f"(In our stability map vanilla learned only at 6 layers; at 12 it learned with 4x the "
+                f"steps and 200 warm-up steps: tutorial.md, Sections 5 and 11.)")
     if a.verdict == "learned" and v.verdict == "learned":
         return (f"Conclusion: at {layers} layers both Post-LN arms learn; the failure of vanilla "
                 f"Post-LN is a matter of depth (try --layers 48).")
