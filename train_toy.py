@@ -315,7 +315,7 @@ def schedule_for(layers: int) -> dict:
 
     Deeper than 48 layers the largest rate at which Admin trains falls about one √2 step per doubling
     of depth (the rule map, tutorial.md Section 12), so the default peak falls as √(48/layers), a step
-    under that edge at 192 layers, with 100 warm-up steps of 400 (deep models need more steps to learn)."""
+    under that edge (at 96 and 192 layers; 0 or 1 at 384), with 100 warm-up steps of 400 (deep models need more steps to learn)."""
     if layers <= SHALLOW:
         return {"lr": 2e-3, "warmup": 50, "steps": 200}
     return {"lr": float(f"{2e-3 * math.sqrt(SHALLOW / layers):.3g}"), "warmup": 100, "steps": 400}
