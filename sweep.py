@@ -257,13 +257,12 @@ def tables(runs: list[dict], args) -> str:
     """Per arm (and per warm-up, budget and task, when those vary): learning rates as rows, depths as
     columns, each cell "learned/seeds"; '!' marks a cell where a run diverged to a non-finite loss."""
     out = []
-    by_key = {run_key(r): r for r in runs}
+    by_key, lrs = {run_key(r): r for r in runs}, learning_rates(runs, args)
     for (arm, omega), warmup, steps, task in itertools.product(panels(args), args.warmup, args.steps,
                                                                args.task):
         title = f"{panel_title(arm, omega)}: runs that learned (>= 99% exact) / seeds"
         if len(args.warmup) * len(args.steps) * len(args.task) > 1:
             title += f", warmup {warmup}, steps {steps}, {task}"
-        lrs = learning_rates(runs, args)
         lines = [title, f"{'lr':>9} |" + "".join(f"{f'{d} layers':>11}" for d in args.layers)]
         for lr in lrs:
             cells = []
@@ -348,42 +347,40 @@ def passes(cell: tuple, i: int, done: dict, seeds: list[int]) -> bool | None:
     return None if None in runs else True
 
 
-def edge_walk(cell: tuple, done: dict, args) -> tuple[str, int | None, int | None]:
-    """Walk from the first --lr: up while every seed learns, down while one does not.
-    ("run", i, None): rung i is to be trained next. ("edge", good, bad): every seed learned at rung
-    `good` and not at `bad`, one rung above (good None: even the lowest rung fails; bad None: even
-    the highest passes)."""
+def next_rung(cell: tuple, done: dict, args) -> int | None:
+    """The rung this cell trains next, walking from the first --lr: up while every seed learns, down
+    while one does not. None once a rung that passed sits under one that failed, or the walk would
+    leave the ladder: the edge is then read off the results by edge_of."""
     i = rung(args.lr[0])
-    while True:
-        ok = passes(cell, i, done, args.seed)
-        if ok is None:
-            return "run", i, None
+    while (ok := passes(cell, i, done, args.seed)) is not None:
         j = i + 1 if ok else i - 1
-        if not 0 <= j < len(LADDER):
-            return ("edge", i, None) if ok else ("edge", None, i)
-        ok_next = passes(cell, j, done, args.seed)
-        if ok_next is not None and ok_next != ok:
-            return ("edge", i, j) if ok else ("edge", j, i)
+        if not 0 <= j < len(LADDER) or passes(cell, j, done, args.seed) not in (None, ok):
+            return None
         i = j
+    return i
 
 
-def edges(args, done: dict) -> list[dict]:
-    """Each cell's edge, read off the results whatever rung the walk started from: the highest rung
+def edge_of(cell: tuple, done: dict, seeds: list[int]) -> dict:
+    """The cell's edge, read off the results whatever rung the walk started from: the highest rung
     at which every seed learned, with the rung above run and failed (or the ladder's top passed).
     Where the results do not settle it yet (found False): the highest rung that passed and the lowest
     above it that failed, as far as they are known."""
+    known = {i: passes(cell, i, done, seeds) for i in range(len(LADDER))}
+    good = [i for i, ok in known.items() if ok and (i + 1 == len(LADDER) or known[i + 1] is False)]
+    low = max([i for i, ok in known.items() if ok], default=None)
+    high = min([i for i, ok in known.items() if ok is False and (low is None or i > low)], default=None)
+    return {"found": bool(good) or high == 0,
+            "largest_lr": None if low is None else LADDER[low],  # every seed learned
+            "failing_lr": None if high is None else LADDER[high]}  # a seed did not
+
+
+def edges(args, done: dict) -> list[dict]:
+    """Every cell's edge, with the cell's settings (its schedule resolved), for --json."""
     out = []
     for cell in edge_cells(args):
-        known = {i: passes(cell, i, done, args.seed) for i in range(len(LADDER))}
-        good = [i for i, ok in known.items() if ok and (i + 1 == len(LADDER) or known[i + 1] is False)]
-        low = max([i for i, ok in known.items() if ok], default=None)
-        high = min([i for i, ok in known.items() if ok is False and (low is None or i > low)], default=None)
-        arm, omega, layers, warmup, steps, task = cell
-        warmup_steps, budget = schedule(warmup, steps, layers)
-        out.append({"arm": arm, "omega": omega, "layers": layers, "warmup": warmup_steps, "steps": budget,
-                    "task": task, "found": bool(good) or high == 0,
-                    "largest_lr": None if low is None else LADDER[low],  # every seed learned
-                    "failing_lr": None if high is None else LADDER[high]})  # a seed did not
+        settings = cell_point(cell, 0.0, 0)
+        out.append({k: settings[k] for k in ("arm", "omega", "layers", "warmup", "steps", "task")}
+                   | edge_of(cell, done, args.seed))
     return out
 
 
@@ -395,7 +392,7 @@ def edge_text(e: dict) -> str:
         f"<{high:g}" if low is None else f"{low:g}-{high:g}?")
 
 
-def edge_table(found: list[dict], args) -> str:
+def edge_table(args, done: dict) -> str:
     """Per schedule: arms as rows, depths as columns, each cell the largest rate at which every seed
     learned. Unsettled cells: '>=' a rate that passed with the rung above not yet run, '<' a rate that
     failed with none below passing yet, 'a-b?' a gap between the two; '?' nothing run."""
@@ -405,13 +402,9 @@ def edge_table(found: list[dict], args) -> str:
                  f"steps {steps}, {task}",
                  f"{'':<18}|" + "".join(f"{f'{d} layers':>16}" for d in args.layers)]
         for arm, omega in panels(args):
-            cells = []
-            for layers in args.layers:
-                e = next(e for e in found if (e["arm"], e["omega"], e["layers"], e["task"]) ==
-                         (arm, omega, layers, task) and (e["warmup"], e["steps"]) ==
-                         schedule(warmup, steps, layers))
-                cells.append(f"{edge_text(e):>16}")
-            lines.append(f"{panel_title(arm, omega):<18}|" + "".join(cells))
+            cells = [edge_text(edge_of((arm, omega, layers, warmup, steps, task), done, args.seed))
+                     for layers in args.layers]
+            lines.append(f"{panel_title(arm, omega):<18}|" + "".join(f"{c:>16}" for c in cells))
         out.append("\n".join(lines))
     return "\n\n".join(out)
 
@@ -421,6 +414,12 @@ def edge_table(found: list[dict], args) -> str:
 # ---------------------------------------------------------------------------------------------------
 
 
+def keep(run: dict, args, done: dict) -> None:
+    """A finished run: one line in the results file, and known from now on."""
+    append_line(args.results, run)
+    done[run_key(run)] = run
+
+
 def run_grid(todo: list[dict], args, done: dict, n_total: int, log) -> None:
     """Train the points in `todo`, appending each finished run to the results file and `done`."""
     start, total_work = time.perf_counter(), sum(work(p) for p in todo)
@@ -428,8 +427,7 @@ def run_grid(todo: list[dict], args, done: dict, n_total: int, log) -> None:
 
     def finish(run: dict) -> None:
         nonlocal finished_work, i
-        append_line(args.results, run)
-        done[run_key(run)] = run
+        keep(run, args, done)
         finished_work += work(run)
         i += 1
         elapsed = time.perf_counter() - start
@@ -458,16 +456,14 @@ def run_edges(args, done: dict, log) -> None:
     def next_points() -> list[dict]:
         todo = []
         for cell in edge_cells(args):
-            what, at, _ = edge_walk(cell, done, args)
-            todo += [p for s in args.seed if what == "run"
-                     for p in [cell_point(cell, LADDER[at], s)]
-                     if run_key(p) not in done and run_key(p) not in in_flight]
+            if (at := next_rung(cell, done, args)) is not None:
+                todo += [p for p in (cell_point(cell, LADDER[at], s) for s in args.seed)
+                         if run_key(p) not in done and run_key(p) not in in_flight]
         return sorted(todo, key=work, reverse=True)  # the longest first, so none is left to run alone
 
     def finish(run: dict) -> None:
         nonlocal i
-        append_line(args.results, run)
-        done[run_key(run)] = run
+        keep(run, args, done)
         i += 1
         log(progress_line(i, None, run, time.perf_counter() - start, None))
 
@@ -494,11 +490,10 @@ def run_edges(args, done: dict, log) -> None:
 def summary(args, done: dict) -> tuple[list[dict], str]:
     """The runs the sweep covers (the grid's points, or every run of the walks' cells) and the tables
     printed at its end."""
-    if args.edge:
-        cells = {(c[0], c[1], c[2], *schedule(c[3], c[4], c[2]), c[5]) for c in edge_cells(args)}
-        runs = [r for r in done.values() if r["seed"] in args.seed and (
-            r["arm"], r.get("omega", "closed"), r["layers"], r["warmup"], r["steps"], r["task"]) in cells]
-        return runs, tables(runs, args) + "\n\n" + edge_table(edges(args, done), args)
+    if args.edge:  # every rung of every walk that was trained
+        runs = [done[k] for cell in edge_cells(args) for lr in LADDER for seed in args.seed
+                if (k := run_key(cell_point(cell, lr, seed))) in done]
+        return runs, tables(runs, args) + "\n\n" + edge_table(args, done)
     runs = [done[run_key(p)] for p in grid_points(args) if run_key(p) in done]
     return runs, tables(runs, args)
 
