@@ -308,6 +308,7 @@ def summary(results: list[ArmResult], folded: float | None, args) -> str:
 
 
 SHALLOW = 48  # up to this depth the demo trains at 2e-3, 50 warm-up steps of 200; deeper, by the rule
+LR_RULE = f"lr = 2e-3·√({SHALLOW}/layers)"  # schedule_for's deep peak, in words (help, configuration)
 
 
 def schedule_for(layers: int) -> dict:
@@ -315,9 +316,11 @@ def schedule_for(layers: int) -> dict:
 
     Deeper than 48 layers the largest rate at which Admin trains falls about one √2 step per doubling
     of depth (the rule map, tutorial.md Section 12), so the default peak falls as √(48/layers), a step
-    under that edge (at 96 and 192 layers; 0 or 1 at 384), with 100 warm-up steps of 400 (deep models need more steps to learn)."""
+    under that edge (at 96 and 192 layers; 0 or 1 at 384), with 100 warm-up steps of 400 (deep models
+    need more steps to learn)."""
     if layers <= SHALLOW:
         return {"lr": 2e-3, "warmup": 50, "steps": 200}
+    # lr = 2e-3·√(48/layers), to 3 figures: 96, 192 and 384 layers land on rungs of sweep.py's ladder
     return {"lr": float(f"{2e-3 * math.sqrt(SHALLOW / layers):.3g}"), "warmup": 100, "steps": 400}
 
 
@@ -342,7 +345,7 @@ def fill_schedule(args: argparse.Namespace) -> None:
     if args.layers > SHALLOW and chosen:
         args.schedule = (f"by depth, {args.layers} > {SHALLOW} layers: "
                          + ", ".join(f"{k} {v:g}" for k, v in chosen.items())
-                         + f" (lr = 2e-3·√({SHALLOW}/layers); the rule map, tutorial.md Section 12)")
+                         + f" ({LR_RULE}; the rule map, tutorial.md Section 12)")
 
 
 class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
@@ -359,7 +362,7 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--layers", type=cli.whole(1), default=48,
                    help="Transformer layers; each has 2 residual sub-layers, so ω uses n = 2 * layers. "
                         f"Deeper than {SHALLOW}, the unset --lr, --warmup and --steps follow the rule: "
-                        f"lr 2e-3·√({SHALLOW}/layers), warmup 100, steps 400")
+                        f"{LR_RULE}, warmup 100, steps 400")
     p.add_argument("--arms", type=cli.comma_list(cli.one_of(ARMS), "arms"), default=["vanilla", "admin"],
                    help=f"comma-separated residual kinds to compare, from {', '.join(ARMS)}")
     add_schedule_flags(p, by_depth=True)
