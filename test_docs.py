@@ -193,8 +193,9 @@ def test_readme_points_into_the_tutorial_where_it_says():
 @pytest.mark.parametrize("path", sorted(p.name for p in ROOT.glob("*.py")))
 def test_code_points_to_tutorial_sections_that_exist(path):
     sections = tutorial_sections()
-    for number in re.findall(r"tutorial\.md,? Section (\d+)", (ROOT / path).read_text()):
-        assert int(number) in sections, f"{path} points to tutorial.md Section {number}, which does not exist"
+    for pointer in re.finditer(r"tutorial\.md,? Sections? (\d+)(?: and (\d+))?", (ROOT / path).read_text()):
+        for number in filter(None, pointer.groups()):
+            assert int(number) in sections, f"{path} points to tutorial.md {pointer[0]}, which does not exist"
 
 
 # ---------------------------------------------------------------------------------------------------
