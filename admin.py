@@ -40,8 +40,10 @@ Or use the small causal Transformer below, profile ω on a batch, train, and fol
     >>> plain = admin.reparameterize(model)                             # vanilla Post-LN, same logits
 
 Your own model works the same way: profile_omega(model, *inputs, stacks=[...]) sets every
-OmegaResidual it meets in the forward pass, and fold_omega folds one sub-layer's ω into the tensors
-around it (seq2seq_example.py does both for an encoder–decoder).
+OmegaResidual it meets in the forward pass, and fold(model, *inputs) folds every ω, checks on those
+inputs that the outputs did not move, and returns a state dict without ω. PyTorch's own layers with ω
+are TransformerEncoderLayer and TransformerDecoderLayer below (section 8): change the class name, add
+num_res_layers, and the folded weights load strictly into torch's classes (tutorial.md Section 14).
 
 Tensor dimensions, used in shape comments: B batch, T sequence length, C d_model, V vocab_size.
 
@@ -51,6 +53,8 @@ of Training Transformers. EMNLP 2020. arXiv:2004.08249.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
 import numbers
 from dataclasses import dataclass, replace
@@ -161,6 +165,14 @@ class PlainResidual(nn.Module):
 
     def forward(self, x: Tensor, f_x: Tensor) -> Tensor:
         return x + f_x
+
+
+def omega_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Every trainable ω of `model`, for an optimizer group without weight decay: ω starts far from 0
+    on purpose, and decay pulls it there. A "no decay for biases and LayerNorm weights" rule that
+    matches names misses ω; one that matches 1-D tensors (p.ndim < 2) already includes it."""
+    return [m.omega for m in model.modules()
+            if isinstance(m, OmegaResidual) and isinstance(m.omega, nn.Parameter)]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -344,6 +356,37 @@ class PostLNTransformer(nn.Module):
 # ---------------------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def eval_pass(model: nn.Module):
+    """For a measuring pass: eval mode (dropout off) and torch's attention fast path off, so that
+    nn.TransformerEncoder keeps a padded batch dense, as in training; both restored after."""
+    was_training, fast_path = model.training, torch.backends.mha.get_fastpath_enabled()
+    try:
+        model.eval()
+        torch.backends.mha.set_fastpath_enabled(False)
+        yield model
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast_path)
+        model.train(was_training)
+
+
+def refuse_wrapped(model: nn.Module, who: str) -> None:
+    """A DDP, FSDP or torch.compile wrapper hides or copies the modules whose ω is set or folded:
+    refuse it, naming the module inside to pass instead."""
+    inner = {"DistributedDataParallel": "module", "FullyShardedDataParallel": "module",
+             "OptimizedModule": "_orig_mod"}.get(type(model).__name__)
+    if inner is not None:
+        raise ValueError(f"{who}: got a {type(model).__name__} wrapper; call it on the model inside "
+                         f"(model.{inner}) before wrapping, so the wrapper sees the final ω")
+
+
+def called_twice(who: str, name: str) -> str:
+    return (f"{who}: OmegaResidual {name!r} was called twice in one forward pass. Each residual must "
+            "be one sub-layer, met once: a layer shared by two places (tied layers, ALBERT-style), "
+            "activation checkpointing that reruns the forward, or a feed-forward run in chunks (Hugging "
+            "Face's chunk_size_feed_forward > 0) does this; run the pass without them")
+
+
 @torch.no_grad()
 def profile_omega(model: nn.Module, *inputs, stacks: list[nn.Module] | None = None, **kwargs) -> list[float]:
     """Set every OmegaResidual of `model` from one forward pass, model(*inputs, **kwargs); return the
@@ -357,10 +400,16 @@ def profile_omega(model: nn.Module, *inputs, stacks: list[nn.Module] | None = No
     stacks: sub-modules that keep their own ratio, e.g. [model.encoder, model.decoder] (each stack
     counts its own sub-layers, as the paper's code does); default: the whole model is one stack.
     Dropout is off while profiling (our choice: it would inflate Var f); the train/eval mode is restored.
-    Data parallel: profile before wrapping the model in DistributedDataParallel, or on one batch that
-    every rank shares — DDP's constructor copies rank 0's ω to every rank, after it nothing does.
+    Profile first, then wrap and build the optimizer: a DDP, FSDP or torch.compile wrapper is refused
+    (profile the module inside it), and an optimizer that keeps its own float32 master copy of the
+    weights would write the old ω back at its next step. Under DDP profile before wrapping, or on one
+    batch that every rank shares: DDP's constructor copies rank 0's ω to every rank, after it nothing
+    does. Variances count every position of the batch, padding included, as the paper's code does;
+    to leave padding out, profile on a batch of equal-length sequences.
     """
-    residuals = [m for m in model.modules() if isinstance(m, OmegaResidual)]
+    refuse_wrapped(model, "profile_omega")
+    names = {m: name for name, m in model.named_modules() if isinstance(m, OmegaResidual)}
+    residuals = list(names)
     if not residuals:
         raise ValueError(f"profile_omega: {type(model).__name__} has no OmegaResidual to profile")
     stacks = stacks or [model]
@@ -379,8 +428,7 @@ def profile_omega(model: nn.Module, *inputs, stacks: list[nn.Module] | None = No
         named = {**dict(zip(("x", "f_x"), args)), **kwargs}  # forward(x, f_x), however it was called
         x, f_x = named["x"], named["f_x"]
         if residual in called:
-            raise ValueError("profile_omega: an OmegaResidual was called twice in one forward pass "
-                             "(a shared layer, or activation checkpointing): profile without them")
+            raise ValueError(called_twice("profile_omega", names[residual]))
         called.add(residual)
         k = stack_of[residual]
         r = ratio[k]
@@ -392,15 +440,13 @@ def profile_omega(model: nn.Module, *inputs, stacks: list[nn.Module] | None = No
         ratio[k] = math.sqrt(torch.var(r * x, correction=0).item() + torch.var(f_x, correction=0).item())
         omegas.append(r)
 
-    was_training = model.training
     hooks = [m.register_forward_pre_hook(set_omega, with_kwargs=True) for m in residuals]
     try:
-        model.eval()
-        model(*inputs, **kwargs)
+        with eval_pass(model):
+            model(*inputs, **kwargs)
     finally:
         for hook in hooks:
             hook.remove()
-        model.train(was_training)
     never = [name for name, m in model.named_modules() if isinstance(m, OmegaResidual) and m not in called]
     if never:
         raise ValueError(f"profile_omega: OmegaResidual {never[0]!r} was never called by the forward pass")
@@ -480,7 +526,281 @@ def reparameterize(model: PostLNTransformer) -> PostLNTransformer:
 
 
 # ---------------------------------------------------------------------------------------------------
-# 6. The admin-torch 0.1.0 drop-in: its helper names, and the integer kinds it accepts
+# 6. A fold that checks itself: every ω of any model, its plan read off one forward pass
+# ---------------------------------------------------------------------------------------------------
+
+# The fold is exact in exact arithmetic, so in float64 only rounding moves the outputs: 2⁻⁵³ ≈ 1.1e-16
+# per operation, accumulated over at most a few thousand operations per output and renormalized by
+# every LayerNorm, so below about 1e-12 (tutorial.md Section 13 measured 6e-16 on our toy). A wrong
+# plan moves them by about |ω − 1| times the share of the weight it missed or added: 1e-3 to 1e-1 in
+# our tests and on BERT, whose trained ω sit within 2% of 1. 1e-9 lies between the two.
+FOLD_BOUND = 1e-9
+
+NORMS = (nn.LayerNorm, nn.RMSNorm)  # the producers a trace recognizes: x_{i-1} = γ ⊙ u (+ b)
+
+
+class Rows(NamedTuple):
+    """Rows start:stop of the model's tensor `name` (its state-dict name); stop None: all of them."""
+
+    name: str
+    start: int = 0
+    stop: int | None = None
+
+    def __str__(self) -> str:
+        return self.name if self.stop is None else f"{self.name}[{self.start}:{self.stop}]"
+
+
+class FoldStep(NamedTuple):
+    """One sub-layer's fold, as fold_omega takes it: the shortcut, the tensors that make x_{i-1}
+    (multiplied by ω_i) and the weights in branch i that read x_{i-1} (input columns divided by ω_i)."""
+
+    residual: str  # the OmegaResidual's module name
+    producers: tuple[Rows, ...]
+    readers: tuple[Rows, ...]
+
+
+def storage_key(t: Tensor) -> tuple:
+    """Tensors with the same key are the same values: same memory, offset, shape and strides."""
+    return t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride()
+
+
+def reader_inputs(module: nn.Module, name: str, args: tuple, kwargs: dict) -> list[tuple[Tensor, Rows]]:
+    """(input, the weight rows that read it) for a module call a trace watches: nn.Linear,
+    nn.MultiheadAttention (W_Q reads the query, W_K the key, W_V the value) and CausalSelfAttention."""
+    if isinstance(module, nn.MultiheadAttention):
+        named = {**dict(zip(("query", "key", "value"), args)), **kwargs}
+        E = module.embed_dim
+        if module.in_proj_weight is not None:  # Q, K, V stacked: rows 0:E, E:2E, 2E:3E
+            rows = [Rows(f"{name}.in_proj_weight", j * E, (j + 1) * E) for j in range(3)]
+        else:
+            rows = [Rows(f"{name}.{p}_proj_weight") for p in "qkv"]
+        return [(named[role], r) for role, r in zip(("query", "key", "value"), rows)]
+    weight = "weight" if isinstance(module, nn.Linear) else "in_proj_weight"
+    return [(args[0] if args else kwargs["input"], Rows(f"{name}.{weight}"))]
+
+
+@torch.no_grad()
+def fold_plan(model: nn.Module, *inputs, embeddings: dict[nn.Module, list[Tensor]] | None = None,
+              **kwargs) -> list[FoldStep]:
+    """Where every ω of `model` folds, read off one eval pass model(*inputs, **kwargs).
+
+    For each OmegaResidual, as the pass calls it with (x_{i-1}, f_i): the producers of x_{i-1} are the
+    LayerNorm (or RMSNorm) whose output it is, or, for the input x_0 of a stack, the tensors that sum
+    to it, given as embeddings={stack: [tensors]}, e.g. {model: [tok_emb.weight, pos_emb.weight]};
+    the readers are the weights of every nn.Linear, nn.MultiheadAttention (only the rows of Q, K or V
+    whose input is x_{i-1}) and CausalSelfAttention that the pass calls on x_{i-1}. A residual whose
+    ω is all ones has nothing to fold and gets no step. fold() checks a plan before it keeps it.
+    """
+    refuse_wrapped(model, "fold")
+    names = {m: name for name, m in model.named_modules()}
+    if not any(isinstance(m, OmegaResidual) for m in names):
+        raise ValueError(f"fold: {type(model).__name__} has no OmegaResidual to fold")
+    made_by, read_by, calls, kept = {}, {}, [], []  # kept: no traced tensor's memory is reused
+
+    def norm_hook(module, args, output):
+        kept.append(output)
+        made_by[storage_key(output)] = tuple(Rows(f"{names[module]}.{p}") for p in ("weight", "bias")
+                                             if getattr(module, p, None) is not None)
+
+    def reader_hook(module, args, kwargs):
+        for t, rows in reader_inputs(module, names[module], args, kwargs):
+            kept.append(t)
+            read_by.setdefault(storage_key(t), []).append(rows)
+
+    def residual_hook(module, args, kwargs):
+        x = {**dict(zip(("x", "f_x"), args)), **kwargs}["x"]
+        if any(module is m for m, _ in calls):
+            raise ValueError(called_twice("fold", names[module]))
+        kept.append(x)
+        calls.append((module, storage_key(x)))
+
+    hooks = []
+    for m in names:
+        if isinstance(m, NORMS):
+            hooks.append(m.register_forward_hook(norm_hook))
+        elif isinstance(m, (nn.Linear, nn.MultiheadAttention, CausalSelfAttention)):
+            hooks.append(m.register_forward_pre_hook(reader_hook, with_kwargs=True))
+        elif isinstance(m, OmegaResidual):
+            hooks.append(m.register_forward_pre_hook(residual_hook, with_kwargs=True))
+    try:
+        with eval_pass(model):
+            model(*inputs, **kwargs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return plan_from_trace(model, names, calls, made_by, read_by, embeddings or {})
+
+
+def plan_from_trace(model, names, calls, made_by, read_by, embeddings) -> list[FoldStep]:
+    """fold_plan's steps from what its pass saw (see there)."""
+    where = {}  # storage -> the first name it has in the state dict (a tied tensor has two)
+    for name, t in model.state_dict(keep_vars=True).items():
+        where.setdefault(storage_key(t), name)
+    first_of = {}  # the first residual the pass called in each stack -> the tensors that make its x_0
+    for stack, tensors in embeddings.items():
+        inside = [m for m, _ in calls if any(m is s for s in stack.modules())]
+        if not inside:
+            raise ValueError(f"fold: embeddings were given for a {type(stack).__name__} in which the "
+                             "pass called no OmegaResidual")
+        located = []
+        for t in tensors:
+            if storage_key(t) not in where:
+                raise ValueError(f"fold: an embeddings tensor of shape {tuple(t.shape)} is no parameter or "
+                                 "buffer of the model, so ω cannot be folded into it: positions computed "
+                                 "on the fly (sinusoids) must be stored as a buffer and named here")
+            located.append(Rows(where[storage_key(t)]))
+        first_of[inside[0]] = tuple(located)
+    plan = []
+    for residual, key in calls:
+        name = names[residual]
+        if torch.all(residual.omega == 1):
+            continue  # ω = 1: a plain shortcut already
+        producers = made_by.get(key) or first_of.get(residual)
+        if producers is None:
+            raise ValueError(
+                f"fold: the shortcut input x of {name!r} is no LayerNorm's output and its ω is not 1. If it "
+                "is a stack's input x_0, pass embeddings={stack: [the tensors that sum to x_0]} (or "
+                "profile ω, which starts every stack at ω = 1); if not, check the call: forward(x, f_x) "
+                "takes the shortcut x (the sub-layer's input) first, the branch's output f_x second")
+        readers = merged_rows(read_by.get(key, []), model)
+        if not readers:
+            raise ValueError(f"fold: no nn.Linear, nn.MultiheadAttention or CausalSelfAttention reads the "
+                             f"input of {name!r}; fold it with fold_omega and your own readers")
+        plan.append(FoldStep(name, producers, readers))
+    return plan
+
+
+def merged_rows(rows: list[Rows], model: nn.Module) -> tuple[Rows, ...]:
+    """Each weight once, in call order; adjacent row ranges of one weight joined (Q, K, V → all)."""
+    state, out = model.state_dict(keep_vars=True), []
+    for r in dict.fromkeys(rows):
+        if out and out[-1].name == r.name and out[-1].stop == r.start:
+            r = Rows(r.name, out.pop().start, r.stop)
+        out.append(Rows(r.name) if (r.start, r.stop) == (0, len(state[r.name])) else r)
+    return tuple(out)
+
+
+def check_plan(model: nn.Module, plan: list[FoldStep]) -> None:
+    """Refuse, before any work, a plan that names a tensor the model does not have, folds one
+    residual twice, or scales a tensor tied to another (one tensor under two names)."""
+    state = model.state_dict(keep_vars=True)
+    names_of = {}
+    for name, t in state.items():
+        names_of.setdefault(storage_key(t), []).append(name)
+    residuals = [step.residual for step in plan]
+    twice = {r for r in residuals if residuals.count(r) > 1}
+    if twice:
+        raise ValueError(f"fold: the plan folds {sorted(twice)[0]!r} twice: its ω would be applied twice")
+    for kind in ("producers", "readers"):
+        used = [str(rows) for step in plan for rows in getattr(step, kind)]
+        again = sorted({r for r in used if used.count(r) > 1})
+        if again:
+            raise ValueError(f"fold: the plan lists {again[0]!r} among the {kind} of two steps: ω would "
+                             "be folded into it twice (an embedding shared by two stacks? give each its own)")
+    for step in plan:
+        for rows in (*step.producers, *step.readers):
+            if rows.name not in state:
+                raise ValueError(f"fold: the plan names {rows.name!r}, which the model does not have")
+            tied = [n for n in names_of[storage_key(state[rows.name])] if n != rows.name]
+            if tied:
+                raise ValueError(f"fold: {rows.name!r} is tied to {tied[0]!r} (one tensor under two "
+                                 "names), so ω would change both: untie it first, e.g. "
+                                 f"model.{tied[0]} = nn.Parameter(model.{rows.name}.detach().clone())")
+
+
+def apply_plan(model: nn.Module, plan: list[FoldStep]) -> None:
+    """fold_omega for every step, then ω_i = 1: the shortcut is plain x_{i-1} + f_i(x_{i-1})."""
+    state = model.state_dict(keep_vars=True)
+    pick = lambda rows: state[rows.name][rows.start:rows.stop]  # noqa: E731  (a view: folded in place)
+    for step in plan:
+        residual = model.get_submodule(step.residual)
+        fold_omega(residual.omega, [pick(r) for r in step.producers], [pick(r) for r in step.readers])
+        residual.omega.fill_(1.0)
+
+
+def floating_tensors(value) -> list[Tensor]:
+    """The floating-point tensors in an output: a tensor, or tuples, lists and dicts of them (a Hugging
+    Face ModelOutput is a dict)."""
+    if isinstance(value, Tensor):
+        return [value] if value.is_floating_point() else []
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else []
+    return [t for item in items for t in floating_tensors(item)]
+
+
+def to_float64(value):
+    """`value` with every floating-point tensor in float64 (token ids and bool masks stay)."""
+    if isinstance(value, Tensor):
+        return value.double() if value.is_floating_point() else value
+    if isinstance(value, dict):
+        return {k: to_float64(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_float64(v) for v in value)
+    return value
+
+
+def output_change(model: nn.Module, before: list[Tensor], inputs: tuple, kwargs: dict) -> float:
+    """max |now − before| / max |before| over every floating output of model(*inputs, **kwargs)."""
+    now = floating_tensors(model(*inputs, **kwargs))
+    gap = max((a - b).abs().max().item() for a, b in zip(now, before, strict=True))
+    return gap / max(max(b.abs().max().item() for b in before), 1e-300)
+
+
+class Folded(NamedTuple):
+    state_dict: dict[str, Tensor]  # the model's, without ω: loads strictly into the model built without it
+    change: float  # the float64 check: how far the folded outputs moved, relative (<= FOLD_BOUND)
+
+
+@torch.no_grad()
+def fold(model: nn.Module, *inputs, embeddings: dict[nn.Module, list[Tensor]] | None = None,
+         plan: list[FoldStep] | None = None, **kwargs) -> Folded:
+    """Fold every ω of `model` into the weights around it, set ω to 1, and check that nothing moved.
+
+    inputs, kwargs: an example call model(*inputs, **kwargs), e.g. a batch with its masks. plan:
+    fold_plan(model, *inputs, embeddings=embeddings, **kwargs) unless given. The check: a float64
+    copy of the model is folded first; if its outputs on the example moved by more than FOLD_BOUND
+    (relative), fold raises, names the first step that moves them, and leaves `model` as it was.
+    Else `model` gets the copy's folded tensors, rounded once to its own dtype, and every ω = 1.
+    Returns the state dict without ω, which loads with strict=True into the same model built without
+    ω — for this file's TransformerEncoderLayer and TransformerDecoderLayer, into torch's own classes.
+    Memory: the copy is the whole model in float64.
+    """
+    plan = fold_plan(model, *inputs, embeddings=embeddings, **kwargs) if plan is None else list(plan)
+    check_plan(model, plan)
+    inputs64, kwargs64 = to_float64(inputs), to_float64(kwargs)
+    copy64 = copy.deepcopy(model).double()
+    with eval_pass(copy64):
+        before = floating_tensors(copy64(*inputs64, **kwargs64))
+        apply_plan(copy64, plan)
+        change = output_change(copy64, before, inputs64, kwargs64)
+    if not change <= FOLD_BOUND:
+        raise ValueError(f"fold: the folded outputs moved by {change:.1e} (relative), more than float64 "
+                         f"rounding allows ({FOLD_BOUND:.0e}); {first_bad_step(model, plan, inputs64, kwargs64)}. "
+                         "The model is unchanged")
+    state, folded = model.state_dict(keep_vars=True), copy64.state_dict()
+    for name in {rows.name for step in plan for rows in (*step.producers, *step.readers)}:
+        state[name].copy_(folded[name])  # one rounding to the model's dtype
+    for step in plan:
+        model.get_submodule(step.residual).omega.fill_(1.0)
+    omega_keys = {f"{name}.omega" for name, m in model.named_modules() if isinstance(m, OmegaResidual)}
+    return Folded({k: v for k, v in model.state_dict().items() if k not in omega_keys}, change)
+
+
+def first_bad_step(model: nn.Module, plan: list[FoldStep], inputs: tuple, kwargs: dict) -> str:
+    """Which step of a failed plan first moves the outputs, refolded step by step on a new copy."""
+    copy64 = copy.deepcopy(model).double()
+    with eval_pass(copy64):
+        before = floating_tensors(copy64(*inputs, **kwargs))
+        for i, step in enumerate(plan, 1):
+            apply_plan(copy64, [step])
+            if not output_change(copy64, before, inputs, kwargs) <= FOLD_BOUND:
+                return (f"step {i} moves them first: {step.residual!r} with producers "
+                        f"{', '.join(map(str, step.producers))} and readers "
+                        f"{', '.join(map(str, step.readers))}")
+    return "no single step moves them: the residuals not in the plan or the model's call do"
+
+
+# ---------------------------------------------------------------------------------------------------
+# 7. The admin-torch 0.1.0 drop-in: its helper names, and the integer kinds it accepts
 # ---------------------------------------------------------------------------------------------------
 
 
@@ -514,3 +834,83 @@ def as_parameter(network: nn.Module, parameter_name: str, num_res_layers: int, e
     omega = calculate_init(num_res_layers, output_change_scale)
     network.register_parameter(parameter_name, omega_vector(omega, embed_dim))
     return getattr(network, parameter_name)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 8. PyTorch's own layers with ω: change the class name, keep every argument
+#
+# Both lean on torch's private branch methods _sa_block, _mha_block and _ff_block (each returns
+# f_i(x_{i-1}) with its dropout), so the masks, is_causal, activation and batch_first behave exactly as
+# in torch's layers; .ci/torch-range runs their tests at both ends of our torch range.
+# ---------------------------------------------------------------------------------------------------
+
+
+def refuse_pre_ln(layer: nn.Module) -> None:
+    if layer.norm_first:
+        raise ValueError(f"{type(layer).__name__}: norm_first=True builds Pre-LN, and Admin scales Post-LN "
+                         "shortcuts: use norm_first=False (torch's default)")
+
+
+class TransformerEncoderLayer(nn.TransformerEncoderLayer):
+    """torch.nn.TransformerEncoderLayer, Post-LN, with Admin's ω on both shortcuts:
+
+        x = LN(ω_1 ⊙ x + SelfAttention(x)),   then   x = LN(ω_2 ⊙ x + FFN(x))
+
+    Takes torch's arguments, plus (keyword-only) num_res_layers: the sub-layers of the whole stack, 2 per
+    encoder layer, for calculate_init; output_change_scale as there; as_parameter: True (default) for
+    the paper's trainable vector ω, False for admin-torch's fixed scalar. The state dict is torch's
+    plus res1.omega and res2.omega, so once fold() has folded ω the rest loads with strict=True into
+    torch's layer. Inside nn.TransformerEncoder's nested-tensor path (eval mode with a padding mask) it
+    pads, runs, and nests again.
+    """
+
+    def __init__(self, *args, num_res_layers: int, output_change_scale: str = "default",
+                 as_parameter: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        refuse_pre_ln(self)
+        C = self.linear1.in_features
+        self.res1 = as_module(num_res_layers, output_change_scale, as_parameter, embed_dim=C)
+        self.res2 = as_module(num_res_layers, output_change_scale, as_parameter, embed_dim=C)
+
+    def forward(self, src: Tensor, src_mask: Tensor | None = None,
+                src_key_padding_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
+        if src.is_nested:  # ω ⊙ x needs a dense tensor: pad, mask the padding, nest the result again
+            lengths = [t.size(0) for t in src.unbind()]
+            x = src.to_padded_tensor(0.0)  # (B, T, C)
+            padding = torch.arange(x.size(1), device=x.device) >= torch.tensor(lengths, device=x.device)[:, None]
+            y = self.forward(x, src_mask, padding, is_causal)  # padding: (B, T), True where padded
+            return torch.nested.nested_tensor([y[b, :n] for b, n in enumerate(lengths)])
+        x = src
+        # Post-LN with ω: x_i = LN(ω_i ⊙ x_{i-1} + f_i(x_{i-1}))
+        x = self.norm1(self.res1(x, self._sa_block(x, src_mask, src_key_padding_mask, is_causal=is_causal)))
+        return self.norm2(self.res2(x, self._ff_block(x)))
+
+
+class TransformerDecoderLayer(nn.TransformerDecoderLayer):
+    """torch.nn.TransformerDecoderLayer, Post-LN, with Admin's ω on its three shortcuts:
+
+        y = LN(ω_1 ⊙ y + SelfAttention(y)),  y = LN(ω_2 ⊙ y + CrossAttention(y, memory)),
+        y = LN(ω_3 ⊙ y + FFN(y))
+
+    Arguments as TransformerEncoderLayer's; num_res_layers counts 3 per decoder layer. Cross-attention's
+    ω folds into W_Q alone: W_K and W_V read memory, which carries no ω of this stack.
+    """
+
+    def __init__(self, *args, num_res_layers: int, output_change_scale: str = "default",
+                 as_parameter: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        refuse_pre_ln(self)
+        C = self.linear1.in_features
+        self.res1, self.res2, self.res3 = (as_module(num_res_layers, output_change_scale, as_parameter,
+                                                     embed_dim=C) for _ in range(3))
+
+    def forward(self, tgt: Tensor, memory: Tensor, tgt_mask: Tensor | None = None,
+                memory_mask: Tensor | None = None, tgt_key_padding_mask: Tensor | None = None,
+                memory_key_padding_mask: Tensor | None = None, tgt_is_causal: bool = False,
+                memory_is_causal: bool = False) -> Tensor:
+        x = tgt
+        # Post-LN with ω, three times: x_i = LN(ω_i ⊙ x_{i-1} + f_i(x_{i-1}))
+        x = self.norm1(self.res1(x, self._sa_block(x, tgt_mask, tgt_key_padding_mask, tgt_is_causal)))
+        x = self.norm2(self.res2(x, self._mha_block(x, memory, memory_mask, memory_key_padding_mask,
+                                                    memory_is_causal)))
+        return self.norm3(self.res3(x, self._ff_block(x)))

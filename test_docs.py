@@ -28,6 +28,7 @@ import cli
 import deep_end
 import measure
 import report
+import stock_layers_example
 import sweep
 import train_toy
 
@@ -356,8 +357,23 @@ def deep_end_output(argv: list[str]) -> str:
     return "\n".join(lines + ["(0.0s)"])
 
 
+def stock_layers_output(argv: list[str]) -> str:
+    """stock_layers_example.render of the kept rows, after one live check: each kept run's step-0
+    evaluation is what a freshly built model of that arm and init gives."""
+    args = stock_layers_example.parse_args(argv + ["--device", "cpu"])
+    config = cli.configuration(args, skip=("json", "plot", "cuda_graph", "omega"))
+    kept = kept_results("stock_layers_example", config)
+    data = train_toy.ToyData(args.task, args.digits, args.seed, "cpu")
+    for row in kept["rows"][:2]:  # vanilla under torch's init, and Admin: the arms differ from step 0
+        model = stock_layers_example.make_stock_model(row["arm"], row["init"], args)
+        live_loss, live_acc, _ = train_toy.evaluate(model, data)
+        assert (live_loss, live_acc) == pytest.approx(tuple(row["history"][0][1:]), rel=1e-4), "stale rows"
+    return stock_layers_example.render(config, kept["rows"], 0.0)
+
+
 RENDER = {"train_toy.py": demo_output, "measure.py": measure_output, "sweep.py": sweep_output,
-          "bench.py": bench_output, "deep_end.py": deep_end_output}
+          "bench.py": bench_output, "deep_end.py": deep_end_output,
+          "stock_layers_example.py": stock_layers_output}
 
 
 def shell_outputs(path: Path) -> list[tuple[str, str]]:

@@ -163,8 +163,9 @@ def make_step(model: admin.PostLNTransformer, args):
 # ---------------------------------------------------------------------------------------------------
 
 
-def train_arm(arm: str, args, data: ToyData, log) -> ArmResult:
-    result = ArmResult(arm, model=make_model(arm, args.layers, args, args.seed))
+def train_arm(arm: str, args, data: ToyData, log, model: torch.nn.Module | None = None) -> ArmResult:
+    """Train one arm: make_model's, or `model` (token ids (B, T) -> logits) if given."""
+    result = ArmResult(arm, model=model if model is not None else make_model(arm, args.layers, args, args.seed))
     if arm == "admin" and args.omega == "profiled":  # the paper's ω, from one pass over the first batch
         admin.profile_omega(result.model, next(data.batches(args.batch_size))[0])
     step, batches = make_step(result.model, args), data.batches(args.batch_size)
