@@ -103,7 +103,7 @@ def calculate_init(num_res_layers: int, output_change_scale: str = "O(logn)") ->
     output_change_scale: "O(n)" (ω = 1), "O(logn)" or "default" (ω = sqrt((N+1)/ln(N+1) − 1)),
     or "O(1)" (ω = sqrt(N)). The same values as the admin-torch 0.1.0 package.
     """
-    # whole_number (section 6): any integer kind, NumPy's too, as admin-torch accepts; else ValueError
+    # whole_number (section 7): any integer kind, NumPy's too, as admin-torch accepts; else ValueError
     n = whole_number(num_res_layers, "num_res_layers", "residual sub-layers, e.g. 2 * n_layers")
     if output_change_scale not in OMEGA_FORMULAS:
         raise ValueError(f"output_change_scale must be one of {sorted(OMEGA_FORMULAS)}, "
@@ -359,28 +359,31 @@ class PostLNTransformer(nn.Module):
 @contextlib.contextmanager
 def eval_pass(model: nn.Module):
     """For a measuring pass: eval mode (dropout off) and torch's attention fast path off, so that
-    nn.TransformerEncoder keeps a padded batch dense, as in training; both restored after."""
-    was_training, fast_path = model.training, torch.backends.mha.get_fastpath_enabled()
+    nn.TransformerEncoder keeps a padded batch dense, as in training; both restored after, each
+    sub-module's mode as it was (a frozen part kept in eval mode stays there)."""
+    modes, fast_path = {m: m.training for m in model.modules()}, torch.backends.mha.get_fastpath_enabled()
     try:
         model.eval()
         torch.backends.mha.set_fastpath_enabled(False)
         yield model
     finally:
         torch.backends.mha.set_fastpath_enabled(fast_path)
-        model.train(was_training)
+        for m, training in modes.items():
+            m.training = training
 
 
 def refuse_wrapped(model: nn.Module, who: str) -> None:
     """A DDP, FSDP or torch.compile wrapper hides or copies the modules whose ω is set or folded:
     refuse it, naming the module inside to pass instead."""
     inner = {"DistributedDataParallel": "module", "FullyShardedDataParallel": "module",
-             "OptimizedModule": "_orig_mod"}.get(type(model).__name__)
+             "DataParallel": "module", "OptimizedModule": "_orig_mod"}.get(type(model).__name__)
     if inner is not None:
         raise ValueError(f"{who}: got a {type(model).__name__} wrapper; call it on the model inside "
                          f"(model.{inner}) before wrapping, so the wrapper sees the final ω")
 
 
-def called_twice(who: str, name: str) -> str:
+def called_twice_message(who: str, name: str) -> str:
+    """Why an OmegaResidual may be met twice in one pass, for profile_omega's and fold's refusal."""
     return (f"{who}: OmegaResidual {name!r} was called twice in one forward pass. Each residual must "
             "be one sub-layer, met once: a layer shared by two places (tied layers, ALBERT-style), "
             "activation checkpointing that reruns the forward, or a feed-forward run in chunks (Hugging "
@@ -428,7 +431,7 @@ def profile_omega(model: nn.Module, *inputs, stacks: list[nn.Module] | None = No
         named = {**dict(zip(("x", "f_x"), args)), **kwargs}  # forward(x, f_x), however it was called
         x, f_x = named["x"], named["f_x"]
         if residual in called:
-            raise ValueError(called_twice("profile_omega", names[residual]))
+            raise ValueError(called_twice_message("profile_omega", names[residual]))
         called.add(residual)
         k = stack_of[residual]
         r = ratio[k]
@@ -579,90 +582,114 @@ def reader_inputs(module: nn.Module, name: str, args: tuple, kwargs: dict) -> li
     return [(args[0] if args else kwargs["input"], Rows(f"{name}.{weight}"))]
 
 
+class Trace:
+    """What one eval pass model(*inputs, **kwargs) shows: the shortcut input x of each OmegaResidual
+    in call order, the norm that made each tensor, and the weights that read it. Tensors are matched
+    by storage_key, and every traced tensor is kept, so no later tensor reuses its memory and key."""
+
+    def __init__(self, model: nn.Module, inputs: tuple, kwargs: dict):
+        self.names = {m: name for name, m in model.named_modules()}
+        self.made_by: dict[tuple, tuple[str, tuple[Rows, ...]]] = {}  # key -> (norm's name, γ and b)
+        self.read_by: dict[tuple, list[Rows]] = {}  # key -> the weight rows that read it
+        self.calls: list[tuple[OmegaResidual, tuple]] = []  # (residual, key of its x), in call order
+        self.kept: list[Tensor] = []
+        hooks = []
+        for m in self.names:
+            if isinstance(m, NORMS):
+                hooks.append(m.register_forward_hook(self.norm))
+            elif isinstance(m, (nn.Linear, nn.MultiheadAttention, CausalSelfAttention)):
+                hooks.append(m.register_forward_pre_hook(self.reader, with_kwargs=True))
+            elif isinstance(m, OmegaResidual):
+                hooks.append(m.register_forward_pre_hook(self.residual, with_kwargs=True))
+        try:
+            with eval_pass(model):
+                model(*inputs, **kwargs)
+        finally:
+            for hook in hooks:
+                hook.remove()
+
+    def norm(self, module: nn.Module, args: tuple, output: Tensor) -> None:
+        self.kept.append(output)
+        affine = tuple(Rows(f"{self.names[module]}.{p}") for p in ("weight", "bias")
+                       if getattr(module, p, None) is not None)
+        self.made_by[storage_key(output)] = (self.names[module], affine)
+
+    def reader(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        for t, rows in reader_inputs(module, self.names[module], args, kwargs):
+            self.kept.append(t)
+            self.read_by.setdefault(storage_key(t), []).append(rows)
+
+    def residual(self, module: OmegaResidual, args: tuple, kwargs: dict) -> None:
+        x = {**dict(zip(("x", "f_x"), args)), **kwargs}["x"]
+        if any(module is m for m, _ in self.calls):
+            raise ValueError(called_twice_message("fold", self.names[module]))
+        self.kept.append(x)
+        self.calls.append((module, storage_key(x)))
+
+
+def state_names(model: nn.Module) -> dict[tuple, list[str]]:
+    """storage_key -> every state-dict name of that tensor (two or more: tied)."""
+    names = {}
+    for name, t in model.state_dict(keep_vars=True).items():
+        names.setdefault(storage_key(t), []).append(name)
+    return names
+
+
+def stack_inputs(model: nn.Module, trace: Trace, embeddings: dict[nn.Module, list[Tensor]]) -> dict:
+    """The first residual the pass called in each stack -> the Rows of the tensors that sum to x_0."""
+    names, first_of = state_names(model), {}
+    for stack, tensors in embeddings.items():
+        inside = [m for m, _ in trace.calls if any(m is s for s in stack.modules())]
+        if not inside:
+            raise ValueError(f"fold: embeddings were given for a {type(stack).__name__} in which the "
+                             "pass called no OmegaResidual")
+        for t in tensors:
+            if storage_key(t) not in names:
+                raise ValueError(f"fold: an embeddings tensor of shape {tuple(t.shape)} is no parameter or "
+                                 "buffer of the model (pass the whole table, not a slice of it), so ω cannot "
+                                 "be folded into it: positions computed on the fly (sinusoids) must be stored "
+                                 "as a buffer and named here")
+        first_of[inside[0]] = tuple(Rows(names[storage_key(t)][0]) for t in tensors)
+    return first_of
+
+
 @torch.no_grad()
 def fold_plan(model: nn.Module, *inputs, embeddings: dict[nn.Module, list[Tensor]] | None = None,
               **kwargs) -> list[FoldStep]:
     """Where every ω of `model` folds, read off one eval pass model(*inputs, **kwargs).
 
     For each OmegaResidual, as the pass calls it with (x_{i-1}, f_i): the producers of x_{i-1} are the
-    LayerNorm (or RMSNorm) whose output it is, or, for the input x_0 of a stack, the tensors that sum
-    to it, given as embeddings={stack: [tensors]}, e.g. {model: [tok_emb.weight, pos_emb.weight]};
-    the readers are the weights of every nn.Linear, nn.MultiheadAttention (only the rows of Q, K or V
-    whose input is x_{i-1}) and CausalSelfAttention that the pass calls on x_{i-1}. A residual whose
-    ω is all ones has nothing to fold and gets no step. fold() checks a plan before it keeps it.
+    weight γ and bias b of the LayerNorm (or RMSNorm) whose output it is, or, for the input x_0 of a
+    stack, the tensors that sum to it. embeddings: {stack: [those tensors]}, a stack being the module
+    that holds the residuals, e.g. {model: [tok_emb.weight, pos_emb.weight]}, or one entry each for
+    an encoder and a decoder. The readers are the weights of every nn.Linear, nn.MultiheadAttention
+    (only the rows of Q, K or V whose input is x_{i-1}) and CausalSelfAttention called on x_{i-1}.
+    A residual whose ω is all ones has nothing to fold and gets no step.
     """
     refuse_wrapped(model, "fold")
-    names = {m: name for name, m in model.named_modules()}
-    if not any(isinstance(m, OmegaResidual) for m in names):
+    if not any(isinstance(m, OmegaResidual) for m in model.modules()):
         raise ValueError(f"fold: {type(model).__name__} has no OmegaResidual to fold")
-    made_by, read_by, calls, kept = {}, {}, [], []  # kept: no traced tensor's memory is reused
-
-    def norm_hook(module, args, output):
-        kept.append(output)
-        made_by[storage_key(output)] = tuple(Rows(f"{names[module]}.{p}") for p in ("weight", "bias")
-                                             if getattr(module, p, None) is not None)
-
-    def reader_hook(module, args, kwargs):
-        for t, rows in reader_inputs(module, names[module], args, kwargs):
-            kept.append(t)
-            read_by.setdefault(storage_key(t), []).append(rows)
-
-    def residual_hook(module, args, kwargs):
-        x = {**dict(zip(("x", "f_x"), args)), **kwargs}["x"]
-        if any(module is m for m, _ in calls):
-            raise ValueError(called_twice("fold", names[module]))
-        kept.append(x)
-        calls.append((module, storage_key(x)))
-
-    hooks = []
-    for m in names:
-        if isinstance(m, NORMS):
-            hooks.append(m.register_forward_hook(norm_hook))
-        elif isinstance(m, (nn.Linear, nn.MultiheadAttention, CausalSelfAttention)):
-            hooks.append(m.register_forward_pre_hook(reader_hook, with_kwargs=True))
-        elif isinstance(m, OmegaResidual):
-            hooks.append(m.register_forward_pre_hook(residual_hook, with_kwargs=True))
-    try:
-        with eval_pass(model):
-            model(*inputs, **kwargs)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return plan_from_trace(model, names, calls, made_by, read_by, embeddings or {})
-
-
-def plan_from_trace(model, names, calls, made_by, read_by, embeddings) -> list[FoldStep]:
-    """fold_plan's steps from what its pass saw (see there)."""
-    where = {}  # storage -> the first name it has in the state dict (a tied tensor has two)
-    for name, t in model.state_dict(keep_vars=True).items():
-        where.setdefault(storage_key(t), name)
-    first_of = {}  # the first residual the pass called in each stack -> the tensors that make its x_0
-    for stack, tensors in embeddings.items():
-        inside = [m for m, _ in calls if any(m is s for s in stack.modules())]
-        if not inside:
-            raise ValueError(f"fold: embeddings were given for a {type(stack).__name__} in which the "
-                             "pass called no OmegaResidual")
-        located = []
-        for t in tensors:
-            if storage_key(t) not in where:
-                raise ValueError(f"fold: an embeddings tensor of shape {tuple(t.shape)} is no parameter or "
-                                 "buffer of the model, so ω cannot be folded into it: positions computed "
-                                 "on the fly (sinusoids) must be stored as a buffer and named here")
-            located.append(Rows(where[storage_key(t)]))
-        first_of[inside[0]] = tuple(located)
-    plan = []
-    for residual, key in calls:
-        name = names[residual]
+    trace = Trace(model, inputs, kwargs)
+    first_of, plan = stack_inputs(model, trace, embeddings or {}), []
+    for residual, key in trace.calls:
+        name = trace.names[residual]
         if torch.all(residual.omega == 1):
             continue  # ω = 1: a plain shortcut already
-        producers = made_by.get(key) or first_of.get(residual)
-        if producers is None:
+        if key in trace.made_by:
+            norm, producers = trace.made_by[key]
+            if not producers:
+                raise ValueError(f"fold: the norm {norm!r} before {name!r} has no weight to fold ω into: "
+                                 "build it with elementwise_affine=True")
+        elif residual in first_of:
+            producers = first_of[residual]
+        else:
             raise ValueError(
                 f"fold: the shortcut input x of {name!r} is no LayerNorm's output and its ω is not 1. If it "
                 "is a stack's input x_0, pass embeddings={stack: [the tensors that sum to x_0]} (or "
-                "profile ω, which starts every stack at ω = 1); if not, check the call: forward(x, f_x) "
+                "profile ω, which starts every stack at ω = 1); if an operation between the LayerNorm and "
+                "this sub-layer changes x, ω cannot be folded there; else check the call: forward(x, f_x) "
                 "takes the shortcut x (the sub-layer's input) first, the branch's output f_x second")
-        readers = merged_rows(read_by.get(key, []), model)
+        readers = merged_rows(trace.read_by.get(key, []), model)
         if not readers:
             raise ValueError(f"fold: no nn.Linear, nn.MultiheadAttention or CausalSelfAttention reads the "
                              f"input of {name!r}; fold it with fold_omega and your own readers")
@@ -681,27 +708,28 @@ def merged_rows(rows: list[Rows], model: nn.Module) -> tuple[Rows, ...]:
 
 
 def check_plan(model: nn.Module, plan: list[FoldStep]) -> None:
-    """Refuse, before any work, a plan that names a tensor the model does not have, folds one
-    residual twice, or scales a tensor tied to another (one tensor under two names)."""
-    state = model.state_dict(keep_vars=True)
-    names_of = {}
-    for name, t in state.items():
-        names_of.setdefault(storage_key(t), []).append(name)
-    residuals = [step.residual for step in plan]
-    twice = {r for r in residuals if residuals.count(r) > 1}
-    if twice:
-        raise ValueError(f"fold: the plan folds {sorted(twice)[0]!r} twice: its ω would be applied twice")
+    """Refuse, before any work, a plan that names a residual or tensor the model does not have, folds
+    one residual twice, scales one tensor in two steps, or scales a tensor tied to another."""
+    state, tied_names = model.state_dict(keep_vars=True), state_names(model)
+    residuals = {name for name, m in model.named_modules() if isinstance(m, OmegaResidual)}
+    folded = [step.residual for step in plan]
+    for name in folded:
+        if name not in residuals:
+            raise ValueError(f"fold: the plan folds {name!r}, which is no OmegaResidual of the model")
+        if folded.count(name) > 1:
+            raise ValueError(f"fold: the plan folds {name!r} twice: its ω would be applied twice")
     for kind in ("producers", "readers"):
         used = [str(rows) for step in plan for rows in getattr(step, kind)]
         again = sorted({r for r in used if used.count(r) > 1})
         if again:
-            raise ValueError(f"fold: the plan lists {again[0]!r} among the {kind} of two steps: ω would "
-                             "be folded into it twice (an embedding shared by two stacks? give each its own)")
+            raise ValueError(f"fold: the plan lists {again[0]!r} among the {kind} of two steps, so ω would "
+                             "be folded into it twice: give each stack its own embedding, each sub-layer "
+                             "its own LayerNorm")
     for step in plan:
         for rows in (*step.producers, *step.readers):
             if rows.name not in state:
                 raise ValueError(f"fold: the plan names {rows.name!r}, which the model does not have")
-            tied = [n for n in names_of[storage_key(state[rows.name])] if n != rows.name]
+            tied = [n for n in tied_names[storage_key(state[rows.name])] if n != rows.name]
             if tied:
                 raise ValueError(f"fold: {rows.name!r} is tied to {tied[0]!r} (one tensor under two "
                                  "names), so ω would change both: untie it first, e.g. "
@@ -711,10 +739,13 @@ def check_plan(model: nn.Module, plan: list[FoldStep]) -> None:
 def apply_plan(model: nn.Module, plan: list[FoldStep]) -> None:
     """fold_omega for every step, then ω_i = 1: the shortcut is plain x_{i-1} + f_i(x_{i-1})."""
     state = model.state_dict(keep_vars=True)
-    pick = lambda rows: state[rows.name][rows.start:rows.stop]  # noqa: E731  (a view: folded in place)
+
+    def view(rows: Rows) -> Tensor:  # the rows themselves, so fold_omega changes them in place
+        return state[rows.name][rows.start:rows.stop]
+
     for step in plan:
         residual = model.get_submodule(step.residual)
-        fold_omega(residual.omega, [pick(r) for r in step.producers], [pick(r) for r in step.readers])
+        fold_omega(residual.omega, [view(r) for r in step.producers], [view(r) for r in step.readers])
         residual.omega.fill_(1.0)
 
 
@@ -738,15 +769,30 @@ def to_float64(value):
     return value
 
 
+def outputs_of(model: nn.Module, inputs: tuple, kwargs: dict) -> list[Tensor]:
+    """The floating outputs of model(*inputs, **kwargs), refused if there are none or one is not finite."""
+    out = model(*inputs, **kwargs)
+    found = floating_tensors(out)
+    if not found:
+        raise ValueError(f"fold: the model returned no floating-point tensor to check (got {type(out).__name__}): "
+                         "make it return its logits, or a tuple or dict of tensors")
+    if not all(torch.isfinite(t).all() for t in found):
+        raise ValueError("fold: the model's outputs on the example are not all finite, so no fold can be "
+                         "checked on it: give inputs without a fully masked row")
+    return found
+
+
 def output_change(model: nn.Module, before: list[Tensor], inputs: tuple, kwargs: dict) -> float:
-    """max |now − before| / max |before| over every floating output of model(*inputs, **kwargs)."""
+    """The largest, over the outputs, of max |now − before| / max |before|: each output on its scale."""
     now = floating_tensors(model(*inputs, **kwargs))
-    gap = max((a - b).abs().max().item() for a, b in zip(now, before, strict=True))
-    return gap / max(max(b.abs().max().item() for b in before), 1e-300)
+    return max(((a - b).abs().max() / b.abs().max().clamp_min(1e-300)).item()
+               for a, b in zip(now, before, strict=True))
 
 
 class Folded(NamedTuple):
-    state_dict: dict[str, Tensor]  # the model's, without ω: loads strictly into the model built without it
+    """What fold returns."""
+
+    state_dict: dict[str, Tensor]  # the model's, without ω (a copy): loads strictly without ω
     change: float  # the float64 check: how far the folded outputs moved, relative (<= FOLD_BOUND)
 
 
@@ -755,23 +801,32 @@ def fold(model: nn.Module, *inputs, embeddings: dict[nn.Module, list[Tensor]] | 
          plan: list[FoldStep] | None = None, **kwargs) -> Folded:
     """Fold every ω of `model` into the weights around it, set ω to 1, and check that nothing moved.
 
-    inputs, kwargs: an example call model(*inputs, **kwargs), e.g. a batch with its masks. plan:
-    fold_plan(model, *inputs, embeddings=embeddings, **kwargs) unless given. The check: a float64
-    copy of the model is folded first; if its outputs on the example moved by more than FOLD_BOUND
-    (relative), fold raises, names the first step that moves them, and leaves `model` as it was.
-    Else `model` gets the copy's folded tensors, rounded once to its own dtype, and every ω = 1.
-    Returns the state dict without ω, which loads with strict=True into the same model built without
-    ω — for this file's TransformerEncoderLayer and TransformerDecoderLayer, into torch's own classes.
-    Memory: the copy is the whole model in float64.
+    inputs, kwargs: an example call model(*inputs, **kwargs), e.g. a batch with its masks; it must
+    reach every sub-layer and every weight that reads one. embeddings: {stack: [the tensors that sum
+    to its input x_0]}, for stacks whose first ω is not 1 (see fold_plan). plan: fold_plan's unless
+    given. The check: a float64 copy of the model is folded first; if a residual keeps ω ≠ 1, or the
+    outputs on the example moved by more than FOLD_BOUND (relative), fold raises, names the first step
+    that moves them, and leaves `model` as it was. Else `model` gets the copy's folded tensors, rounded
+    once to its own dtype, and every ω = 1. The check sees the code path the example takes: a weight
+    that reads x_{i-1} only on other inputs (an expert the batch never reaches) is neither traced nor
+    checked. Returns the state dict without ω, which loads with strict=True into the same model built
+    without ω — for this file's TransformerEncoderLayer and TransformerDecoderLayer, into torch's own
+    classes. Memory: the copy is the whole model in float64.
     """
     plan = fold_plan(model, *inputs, embeddings=embeddings, **kwargs) if plan is None else list(plan)
     check_plan(model, plan)
     inputs64, kwargs64 = to_float64(inputs), to_float64(kwargs)
     copy64 = copy.deepcopy(model).double()
     with eval_pass(copy64):
-        before = floating_tensors(copy64(*inputs64, **kwargs64))
+        before = outputs_of(copy64, inputs64, kwargs64)
         apply_plan(copy64, plan)
         change = output_change(copy64, before, inputs64, kwargs64)
+    left = [name for name, m in copy64.named_modules()
+            if isinstance(m, OmegaResidual) and not torch.all(m.omega == 1)]
+    if left:
+        raise ValueError(f"fold: OmegaResidual {left[0]!r} keeps ω ≠ 1 after the plan: the example pass "
+                         "never called it (give inputs that reach every sub-layer) or the plan leaves it "
+                         "out. The model is unchanged")
     if not change <= FOLD_BOUND:
         raise ValueError(f"fold: the folded outputs moved by {change:.1e} (relative), more than float64 "
                          f"rounding allows ({FOLD_BOUND:.0e}); {first_bad_step(model, plan, inputs64, kwargs64)}. "
@@ -782,7 +837,7 @@ def fold(model: nn.Module, *inputs, embeddings: dict[nn.Module, list[Tensor]] | 
     for step in plan:
         model.get_submodule(step.residual).omega.fill_(1.0)
     omega_keys = {f"{name}.omega" for name, m in model.named_modules() if isinstance(m, OmegaResidual)}
-    return Folded({k: v for k, v in model.state_dict().items() if k not in omega_keys}, change)
+    return Folded({k: v.clone() for k, v in model.state_dict().items() if k not in omega_keys}, change)
 
 
 def first_bad_step(model: nn.Module, plan: list[FoldStep], inputs: tuple, kwargs: dict) -> str:

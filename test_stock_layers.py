@@ -51,8 +51,10 @@ class Seq2Seq(nn.Module):
         x = self.src_tok(src) + self.src_pos(torch.arange(src.size(1)))
         y = self.tgt_tok(tgt) + self.tgt_pos(torch.arange(tgt.size(1)))
         T = tgt.size(1)
+        tgt_padding = torch.zeros(tgt.shape, dtype=torch.bool)
+        tgt_padding[0, T - 1] = True  # the first target's last token is padding
         out = self.transformer(x, y, tgt_mask=causal(T), tgt_is_causal=True, src_key_padding_mask=src_padding,
-                               memory_key_padding_mask=src_padding)
+                               tgt_key_padding_mask=tgt_padding, memory_key_padding_mask=src_padding)
         return self.head(out)  # (B, T, V)
 
 
@@ -143,7 +145,9 @@ def test_decoder_layer_is_post_ln_with_omega_on_each_shortcut(seed, causal_memor
     gen = torch.Generator().manual_seed(seed)
     y, memory = (torch.randn(2, T, C, generator=gen, dtype=torch.float64) for T in (5, 5))
     padding = torch.tensor([[False] * 5, [False] * 4 + [True]])
+    tgt_padding = torch.tensor([[False] * 3 + [True] * 2, [False] * 5])
     args = dict(tgt_mask=causal(5), tgt_is_causal=True, memory_key_padding_mask=padding,
+                tgt_key_padding_mask=tgt_padding,
                 memory_mask=causal(5) if causal_memory else None, memory_is_causal=causal_memory)
     with torch.no_grad():
         for res in (ours.res1, ours.res2, ours.res3):
@@ -152,7 +156,7 @@ def test_decoder_layer_is_post_ln_with_omega_on_each_shortcut(seed, causal_memor
         omegas = [0.5 + 3 * torch.rand(C, generator=gen, dtype=torch.float64) for _ in range(3)]
         for res, omega in zip((ours.res1, ours.res2, ours.res3), omegas):
             res.omega.copy_(omega)
-        sa = theirs.self_attn(y, y, y, attn_mask=causal(5), need_weights=False)[0]
+        sa = theirs.self_attn(y, y, y, attn_mask=causal(5), key_padding_mask=tgt_padding, need_weights=False)[0]
         want = theirs.norm1(omegas[0] * y + sa)
         ca = theirs.multihead_attn(want, memory, memory, attn_mask=args["memory_mask"],
                                    key_padding_mask=padding, need_weights=False)[0]
@@ -198,6 +202,8 @@ def test_nested_tensor_path_of_the_encoder_gives_the_dense_result():
         with admin.eval_pass(encoder):  # torch's fast path off: the batch stays dense
             dense = encoder(x, src_key_padding_mask=padding)
     assert torch.all(nested[0, 4:] == 0), "padded positions: zeros, as torch's nested path leaves them"
+    # Two float32 computations of one function by different kernels (the nested path runs torch's
+    # fused attention): 2.7e-7 apart at worst over 20 seeds; a wrong position or a missed ω: 1e-1.
     assert rel_err(nested[~padding], dense[~padding]) <= 1e-5, "real positions: the dense result"
     assert (nested[0, 4:] - dense[0, 4:]).abs().max() > 0.1, "the nested path was taken"
 
@@ -267,10 +273,12 @@ def trained_seq2seq(seed=4):
 
 def assert_refused(model, inputs, match, **kw):
     before = {k: v.clone() for k, v in model.state_dict().items()}
+    modes = [m.training for m in model.modules()]
     with pytest.raises(ValueError, match=match):
         admin.fold(model, *inputs, **kw)
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before), "the model changed before refusing"
+    assert [m.training for m in model.modules()] == modes, "train/eval modes not restored"
 
 
 def test_wrong_plans_raise_and_name_the_step():
@@ -284,6 +292,25 @@ def test_wrong_plans_raise_and_name_the_step():
     no_producer = [*plan[:cross], step._replace(producers=()), *plan[cross + 1:]]
     assert_refused(model, inputs, rf"more than float64 rounding allows.*step {cross + 1}", plan=no_producer)
     assert_refused(model, inputs, "folds 'transformer.decoder.layers.0.res2' twice", plan=[*plan, step])
+    assert_refused(model, inputs, "'decoder.res2', which is no OmegaResidual",
+                   plan=[*plan, step._replace(residual="decoder.res2")])
+    assert_refused(model, inputs, "'transformer.decoder.layers.0.res2' keeps ω ≠ 1 after the plan",
+                   plan=[*plan[:cross], *plan[cross + 1:]])
+
+
+def test_the_bound_catches_a_fold_wrong_by_one_part_in_a_million():
+    """FOLD_BOUND (1e-9) sits far below the smallest wrong fold that matters: ω = 1 + 1e-6, its
+    producers left out, moves the outputs by about 1e-7 and is refused."""
+    model, inputs = trained_seq2seq(6)
+    residual = model.transformer.encoder.layers[1].res2
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, admin.OmegaResidual):
+                m.omega.fill_(1.0)
+        residual.omega.fill_(1 + 1e-6)
+    [step] = admin.fold_plan(model, *inputs)  # the only ω ≠ 1
+    assert_refused(model, inputs, r"step 1 moves them first", plan=[step._replace(producers=())])
+    assert admin.fold(model, *inputs).change <= admin.FOLD_BOUND, "the right plan still folds"
 
 
 def test_trace_refuses_what_it_cannot_fold():
@@ -298,6 +325,37 @@ def test_trace_refuses_what_it_cannot_fold():
     model.head.weight = model.tgt_tok.weight  # tied input and output embeddings
     assert_refused(model, inputs, r"'tgt_tok.weight' is tied to 'head.weight'.*untie it first",
                    embeddings=model.embeddings())
+
+
+class Branchy(nn.Module):
+    """A model whose second sub-layer runs only when asked: an example pass without it never calls it."""
+
+    def __init__(self):
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(C, C), nn.Linear(C, C)
+        self.n0, self.n1, self.n2 = nn.LayerNorm(C), nn.LayerNorm(C), nn.LayerNorm(C)
+        self.r1, self.r2 = admin.OmegaResidual(2.0), admin.OmegaResidual(3.0)
+
+    def forward(self, x, deep=True):
+        x = self.n0(x)
+        x = self.n1(self.r1(x, self.l1(x)))
+        return self.n2(self.r2(x, self.l2(x))) if deep else x
+
+
+def test_a_residual_the_example_never_reaches_is_refused():
+    model, x = Branchy(), torch.randn(2, 3, C)
+    assert_refused(model, (x,), "'r2' keeps ω ≠ 1 after the plan: the example pass never called it", deep=False)
+    model.n0.eval()  # a sub-module in another mode than its parent keeps it
+    assert_refused(model, (x,), "'r2' keeps ω ≠ 1", deep=False)
+    folded = admin.fold(model, x)
+    assert folded.change <= admin.FOLD_BOUND and "r2.omega" not in folded.state_dict
+    assert not model.n0.training and model.n1.training, "modes restored module by module"
+
+
+def test_a_layernorm_without_weights_is_named():
+    model, x = Branchy(), torch.randn(2, 3, C)
+    model.n1 = nn.LayerNorm(C, elementwise_affine=False)
+    assert_refused(model, (x,), "the norm 'n1' before 'r2' has no weight to fold ω into.*elementwise_affine=True")
 
 
 class Swapped(nn.Module):
@@ -325,10 +383,16 @@ def test_wrappers_and_called_twice_are_refused_with_the_module_named():
     for call in (admin.profile_omega, admin.fold):
         with pytest.raises(ValueError, match=r"OptimizedModule wrapper; call it on the model inside \(model._orig_mod\)"):
             call(compiled, idx)
+    for name, inner in (("FullyShardedDataParallel", "module"), ("DistributedDataParallel", "module"),
+                        ("DataParallel", "module")):
+        wrapper = type(name, (nn.Module,), {})()  # refused by its class name, as the check reads it
+        with pytest.raises(ValueError, match=rf"got a {name} wrapper; call it on the model inside \(model.{inner}\)"):
+            admin.profile_omega(wrapper, idx)
     model.blocks[1] = model.blocks[0]  # one layer in two places
-    with pytest.raises(ValueError, match="'blocks.0.res1' was called twice.*shared by two places.*checkpointing"
-                                         ".*chunk_size_feed_forward"):
-        admin.profile_omega(model, idx)
+    for call in (admin.profile_omega, admin.fold):
+        with pytest.raises(ValueError, match="'blocks.0.res1' was called twice.*shared by two places.*checkpointing"
+                                             ".*chunk_size_feed_forward"):
+            call(model, idx)
 
 
 def test_omega_parameters_are_the_trainable_omegas():
