@@ -415,3 +415,20 @@ def test_a_stale_configuration_line_turns_the_check_red():
     stale = printed.replace("steps=200, ", "").replace("eval_every=20, ", "eval_every=20, extra=1, ")
     assert excerpt_mismatch(printed, stale) is not None
     assert excerpt_mismatch(printed, printed.replace("lr=0.002", "lr=0.004")) is not None
+
+
+# ---------------------------------------------------------------------------------------------------
+# results/README.md, the lab notebook: it names every results file, and only files that are there
+# ---------------------------------------------------------------------------------------------------
+
+def notebook_names(text: str) -> set[str]:
+    """The files results/README.md names: every `results/PATH` written alone in backticks."""
+    return set(re.findall(r"`(results/[^`\s]+)`", text))
+
+
+def test_results_notebook_names_every_results_file_and_no_other():
+    files = {p.relative_to(ROOT).as_posix() for p in (ROOT / "results").rglob("*") if p.is_file()}
+    files.discard("results/README.md")
+    named = notebook_names((ROOT / "results" / "README.md").read_text())
+    assert not files - named, f"results/README.md does not name {sorted(files - named)}"
+    assert not named - files, f"results/README.md names files that are not there: {sorted(named - files)}"
