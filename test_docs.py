@@ -209,6 +209,7 @@ def test_code_points_to_tutorial_sections_that_exist(path):
 # ---------------------------------------------------------------------------------------------------
 
 TIMING = [(re.compile(r"\d+\.\ds\b"), "#s"),  # "12.5s", "(24.7s in all)"
+          (re.compile(r"\(\d+s in all\)"), "(#s in all)"),  # stock_layers_example.py: whole seconds
           (re.compile(r"\btorch[= ]\S+"), "torch #"), (re.compile(r"device=.*?(?=, \w+=)"), "device=#"),
           (re.compile(r"^((?:vanilla|admin|preln)\s+\d+\s.*?)\s+(?:\d+\.\d|nan)\s+(?:\d+\.\d|nan)$", re.M),
            r"\1 # #"),  # a summary row's seconds and ms/step
