@@ -372,6 +372,17 @@ def eval_pass(model: nn.Module):
             m.training = training
 
 
+def hooked_pass(model: nn.Module, hooks: list, inputs: tuple, kwargs: dict) -> None:
+    """One eval_pass of model(*inputs, **kwargs) for the hooks to watch; they are removed after it,
+    whatever happens."""
+    try:
+        with eval_pass(model):
+            model(*inputs, **kwargs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
 def refuse_wrapped(model: nn.Module, who: str) -> None:
     """A DDP, FSDP or torch.compile wrapper hides or copies the modules whose ω is set or folded:
     refuse it, naming the module inside to pass instead."""
@@ -443,13 +454,8 @@ def profile_omega(model: nn.Module, *inputs, stacks: list[nn.Module] | None = No
         ratio[k] = math.sqrt(torch.var(r * x, correction=0).item() + torch.var(f_x, correction=0).item())
         omegas.append(r)
 
-    hooks = [m.register_forward_pre_hook(set_omega, with_kwargs=True) for m in residuals]
-    try:
-        with eval_pass(model):
-            model(*inputs, **kwargs)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    hooked_pass(model, [m.register_forward_pre_hook(set_omega, with_kwargs=True) for m in residuals],
+                inputs, kwargs)
     never = [name for name, m in model.named_modules() if isinstance(m, OmegaResidual) and m not in called]
     if never:
         raise ValueError(f"profile_omega: OmegaResidual {never[0]!r} was never called by the forward pass")
@@ -601,12 +607,7 @@ class Trace:
                 hooks.append(m.register_forward_pre_hook(self.reader, with_kwargs=True))
             elif isinstance(m, OmegaResidual):
                 hooks.append(m.register_forward_pre_hook(self.residual, with_kwargs=True))
-        try:
-            with eval_pass(model):
-                model(*inputs, **kwargs)
-        finally:
-            for hook in hooks:
-                hook.remove()
+        hooked_pass(model, hooks, inputs, kwargs)
 
     def norm(self, module: nn.Module, args: tuple, output: Tensor) -> None:
         self.kept.append(output)
