@@ -179,7 +179,8 @@ def test_a_deep_admin_that_fails_is_told_what_to_change():
              for arm in ("vanilla", "admin")]
     advice = train_toy.conclusion(stuck, 384, 7.07e-4, 100)
     assert "admin did not learn at peak lr 0.000707 with 100 warm-up steps" in advice
-    assert "--lr 0.00035" in advice  # half of 7.07e-4, to 2 figures and "--warmup 200" in advice
+    assert "--lr 0.00035" in advice  # half of 7.07e-4, to 2 figures
+    assert "--warmup 200" in advice  # twice the warm-up
 
 
 def test_bad_input_on_the_real_command_line_has_no_traceback():
