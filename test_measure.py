@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import cli
+import config
 import measure
 import train_toy
 from testing_tools import exit_2_error
@@ -41,7 +42,7 @@ def test_measured_change_is_quadratic_in_a_small_delta():
     for arm in args.arms:
         per_delta = []
         for delta in (args.delta, args.delta / 10):
-            model = train_toy.make_model(arm, 24, args, 0)
+            model = train_toy.make_model(arm, config.train_config(args, layers=24, arms=[arm], seed=0))
             per_delta.append(measure.output_change(model.double(), idx, delta, 0) / delta**2)
         assert per_delta[1] == pytest.approx(per_delta[0], rel=0.05), (arm, per_delta)
 
