@@ -231,6 +231,8 @@ def test_the_schedule_warms_up_linearly_then_decays_linearly_to_zero():
         [0.25, 0.5, 0.75, 1.0, 1.0, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6, 0.0, 0.0])
     assert [train_toy.lr_factor(i, 0, 4) for i in range(5)] == [1.0, 0.75, 0.5, 0.25, 0.0]  # no warm-up
     assert [train_toy.lr_factor(i, 3, 3) for i in range(4)] == pytest.approx([1 / 3, 2 / 3, 1.0, 0.0])
+    # one decay step: the peak, then 0 (kills .ci/mutation's max(2, steps - warmup) for max(1, ...))
+    assert [train_toy.lr_factor(i, 3, 4) for i in range(5)] == pytest.approx([1 / 3, 2 / 3, 1.0, 1.0, 0.0])
 
 
 def test_the_loss_covers_the_answer_alone():
