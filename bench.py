@@ -25,6 +25,7 @@ import torch
 
 import admin
 import cli
+import config
 import train_toy
 
 
@@ -51,40 +52,57 @@ FORWARD = ("vanilla", "admin", "admin folded")  # and whose forward passes are
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=config.DefaultsHelp)
     p.add_argument("--layers", type=cli.whole(1), default=48, help="Transformer layers")
     p.add_argument("--rounds", type=cli.whole(2), default=30, help="timed rounds (one more warms up)")
     p.add_argument("--stuck", action="store_true",
                    help="time whole demo runs, subnormals flushed and not, instead of rounds")
-    train_toy.add_schedule_flags(p)  # --stuck trains as the demo does
+    config.add_schedule_flags(p)  # --stuck trains as the demo does
     return cli.add_model_flags(p)  # the demo's model: --d-model, --batch-size, --threads, --device, ...
 
 
-def header(args, inp: torch.Tensor) -> str:
-    return (f"{args.layers} layers, d_model {args.d_model}, batch {tuple(inp.shape)}, "
-            f"{cli.device_name(args.device)}, {args.threads} threads, torch {torch.__version__}"
-            + (f", {args.steps} steps a run" if args.stuck else f", {args.rounds} rounds"))
+def header(cfg: config.TrainConfig, args, shape: tuple) -> str:
+    return (f"{cfg.layers} layers, d_model {cfg.d_model}, batch {shape}, "
+            f"{cli.device_name(cfg.device)}, {cfg.threads} threads, torch {torch.__version__}"
+            + (f", {cfg.steps} steps a run" if args.stuck else f", {args.rounds} rounds"))
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None):
+    """The command line, and the demo's training configuration at its depth (vanilla and Admin; no
+    --cuda-graph or --omega here: eager steps, closed-form ω)."""
     p = build_parser()
     args = cli.finish(p, p.parse_args(argv))
-    args.cuda_graph, args.omega = False, "closed"  # the eager step, the closed-form ω
-    cli.start(args)
+    return args, config.train_config(args, arms=["vanilla", "admin"])
+
+
+def render(cfg: config.TrainConfig, args, shape: tuple, timed: dict) -> str:
+    """All that bench prints. timed: {"training step": times, "forward pass": times} of the rounds, or
+    (--stuck) {flushed: times} of the demo runs; times: {model: [seconds, ...]}."""
     if args.stuck:
-        return stuck(args)
-    models = {arm: train_toy.make_model(arm, args.layers, args, seed=0) for arm in ("vanilla", "admin")}
+        return "\n".join([header(cfg, args, shape)] + [stuck_line(flush, t) for flush, t in timed.items()])
+    return "\n".join([header(cfg, args, shape)] + [f"{what:<16}" + report(t) for what, t in timed.items()])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Time as the command line asks; print it (all at the end) and return the times."""
+    args, cfg = parse_args(argv)
+    cli.start(cfg)
+    data = train_toy.ToyData(cfg.task, cfg.digits, cfg.seed, cfg.device)
+    inp, target = next(data.batches(cfg.batch_size))
+    timed = stuck(cfg, data) if args.stuck else rounds(cfg, args, inp, target)
+    print(render(cfg, args, tuple(inp.shape), timed))
+    return timed
+
+
+def rounds(cfg: config.TrainConfig, args, inp: torch.Tensor, target: torch.Tensor) -> dict:
+    """Training steps and forward passes timed in interleaved rounds (one more warms up)."""
+    models = {arm: train_toy.make_model(arm, cfg) for arm in ("vanilla", "admin")}
     fixed = dataclasses.replace(models["admin"].config, omega_as_parameter=False)
-    models["admin, fixed ω"] = admin.PostLNTransformer(fixed).to(args.device)
-    models["deepnorm"] = train_toy.make_model("deepnorm", args.layers, args, seed=0)
-    fused = torch.device(args.device).type in ("cpu", "cuda")
+    models["admin, fixed ω"] = admin.PostLNTransformer(fixed).to(cfg.device)
+    models["deepnorm"] = train_toy.make_model("deepnorm", cfg)
+    fused = torch.device(cfg.device).type in ("cpu", "cuda")
     opts = {arm: torch.optim.Adam(m.parameters(), lr=1e-5, betas=train_toy.BETAS, fused=fused)
             for arm, m in models.items()}
-    data = train_toy.ToyData(args.task, args.digits, args.seed, args.device)
-    inp, target = next(data.batches(args.batch_size))
-    print(header(args, inp))
-
     train = {arm: [] for arm in models}
     for r in range(args.rounds + 1):
         for arm in (list(models) if r % 2 else list(models)[::-1]):
@@ -102,28 +120,18 @@ def main(argv: list[str] | None = None) -> None:
             seconds = forward_seconds(m, inp)
             if r:
                 infer[name].append(seconds)
-
-    print("training step   " + report(train))
-    print("forward pass    " + report(infer))
+    return {"training step": train, "forward pass": infer}
 
 
-def run_seconds(arm: str, args, data: train_toy.ToyData) -> list[float]:
-    """The time of every step of one demo run of `arm` (the full budget: no evaluations, no stop)."""
-    model = train_toy.make_model(arm, args.layers, args, args.seed)
-    step, times = train_toy.make_step(model, args), []
-    for i, (inp, target) in zip(range(args.steps), data.batches(args.batch_size)):
-        start = time.perf_counter()
-        step(inp, target, args.lr * train_toy.lr_factor(i, args.warmup, args.steps)).item()
-        times.append(time.perf_counter() - start)
-    return times
-
-
-def stuck(args) -> None:
-    data = train_toy.ToyData(args.task, args.digits, args.seed, args.device)
-    print(header(args, data.eval_input[: args.batch_size]))
+def stuck(cfg: config.TrainConfig, data: train_toy.ToyData) -> dict:
+    """The time of every step of the demo's run of vanilla and of Admin (train_arm, to the end of the
+    budget), with subnormals kept, then flushed."""
+    timed = {}
     for flush in (False, True):
         torch.set_flush_denormal(flush)
-        print(stuck_line(flush, {arm: run_seconds(arm, args, data) for arm in ("vanilla", "admin")}))
+        timed[flush] = {arm: train_toy.train_arm(arm, cfg, data, lambda line: None, until_solved=False).step_times
+                        for arm in cfg.arms}
+    return timed
 
 
 def stuck_line(flush: bool, times: dict[str, list[float]]) -> str:

@@ -1,6 +1,6 @@
 """Command-line pieces shared by the scripts (train_toy, measure, sweep, bench, deep_end): validators,
-the --device flag, the model flags, checks across flags, output paths. A bad value is argparse's
-exit 2 naming the flag.
+the --device flag, the model flags, checks across flags, output paths, the configuration line. A bad
+value is argparse's exit 2 naming the flag.
 
 Stands on torch alone; the scripts stand on it (admin.py → cli.py → train_toy.py → the others).
 """
@@ -148,18 +148,25 @@ def finish(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Nam
     return args
 
 
-def start(args: argparse.Namespace) -> None:
-    """Set torch up for a run: its threads, and subnormal floats flushed to zero on the CPU, because
-    a stuck deep model's vanishing gradients turn subnormal, which slows every CPU step severalfold."""
-    torch.set_num_threads(args.threads)
+def start(settings) -> None:
+    """Set torch up for a run (settings: anything with .threads, a command line or a TrainConfig): its
+    threads, and subnormal floats flushed to zero on the CPU, because a stuck deep model's vanishing
+    gradients turn subnormal, which slows every CPU step severalfold."""
+    torch.set_num_threads(settings.threads)
     torch.set_flush_denormal(True)
 
 
-def configuration(args: argparse.Namespace, skip=("json", "plot")) -> dict:
-    """The resolved settings, as a script's first line of output shows them."""
-    config = {k: v for k, v in vars(args).items() if k not in skip}
-    return config | dict(device=device_name(args.device), threads=args.threads,
+def configuration(settings: dict, skip=("json", "plot")) -> dict:
+    """The resolved settings, as a script's first line of output shows them: the device by name, and
+    the torch version."""
+    config = {k: v for k, v in settings.items() if k not in skip}
+    return config | dict(device=device_name(settings["device"]), threads=settings["threads"],
                          torch=torch.__version__)
+
+
+def configuration_line(config: dict) -> str:
+    """A script's first line: `configuration: k=v, ...` (every script that prints one, through this)."""
+    return "configuration: " + ", ".join(f"{k}={v}" for k, v in config.items())
 
 
 def check_outputs(p: argparse.ArgumentParser, paths: dict[str, str | None],
@@ -184,10 +191,10 @@ def check_outputs(p: argparse.ArgumentParser, paths: dict[str, str | None],
 
 def write_outputs(args: argparse.Namespace, out: dict, plot: Callable[[str], None], log) -> None:
     """--json PATH: `out` as JSON; --plot PATH: plot(PATH), and say where it went."""
-    if args.json:
+    if getattr(args, "json", None):
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)
-    if args.plot:
+    if getattr(args, "plot", None):  # a script with no --plot flag has none
         plot(args.plot)
         log(f"wrote {args.plot}")
 

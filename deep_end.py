@@ -39,8 +39,10 @@ import torch.nn.functional as F
 
 import admin
 import cli
+import config
 import train_toy
-from measure import relative_change
+from config import TrainConfig
+from measure import quartiles, relative_change
 
 VARIANTS = ("admin-frozen-ln", "admin-fixed-omega", "alpha-only", "admin-beta")
 GROUPS = ("branches", "LayerNorm affine", "omega", "embeddings", "head")
@@ -55,11 +57,11 @@ def group_of(name: str) -> str:
                                                                                     "branches")
 
 
-def make_model(arm: str, layers: int, args, seed: int) -> admin.PostLNTransformer:
+def make_model(arm: str, cfg: TrainConfig) -> admin.PostLNTransformer:
     """train_toy's model of `arm`, or Admin's with one of the VARIANTS' changes."""
     if arm in train_toy.ARMS:
-        return train_toy.make_model(arm, layers, args, seed)
-    model = train_toy.make_model("admin", layers, args, seed)
+        return train_toy.make_model(arm, cfg)
+    model, layers = train_toy.make_model("admin", cfg), cfg.layers
     residuals = [s.shortcut for s in model.sublayers()]
     with torch.no_grad():
         if arm == "admin-frozen-ln":
@@ -114,13 +116,14 @@ def run_step(args, log) -> list[dict]:
     for layers in args.layers:
         for arm in args.arms:
             for seed in range(args.seed, args.seed + args.repeats):
-                model = make_model(arm, layers, args, seed)
-                data = train_toy.ToyData(args.task, args.digits, seed, args.device)
-                step, batches = train_toy.make_step(model, args), data.batches(args.batch_size)
+                cfg = config.train_config(args, layers=layers, arms=[arm], seed=seed)
+                model = make_model(arm, cfg)
+                data = train_toy.ToyData(cfg.task, cfg.digits, seed, cfg.device)
+                step, batches = train_toy.make_step(model, cfg), data.batches(cfg.batch_size)
                 idx = data.eval_input
-                for i in range(args.warmup):
-                    lr = args.lr * train_toy.lr_factor(i, args.warmup, args.steps)
-                    if i in (0, args.warmup - 1):
+                for i in range(cfg.warmup):
+                    lr = cfg.lr * train_toy.lr_factor(i, cfg.warmup, cfg.steps)
+                    if i in (0, cfg.warmup - 1):
                         when = "first" if i == 0 else "peak"
                         rows.append({"arm": arm, "layers": layers, "seed": seed, "when": when, "lr": lr,
                                      "changes": step_changes(model, step, next(batches), lr, idx, seed)})
@@ -147,9 +150,8 @@ def step_line(rows: list[dict], arm: str, layers: int) -> str:
 
 
 def five(values: list[float]) -> list[float]:
-    """min, first quartile, median, third quartile, max."""
-    q = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else values * 3
-    return [min(values), q[0], q[1], q[2], max(values)]
+    """min, first quartile, median, third quartile, max (measure.quartiles)."""
+    return [min(values), *quartiles(values), max(values)]
 
 
 @torch.no_grad()
@@ -189,42 +191,43 @@ def snapshot(model, data, hidden0, omega0) -> dict:
 
 
 def run_watch(args, log) -> list[dict]:
-    runs = []
-    for arm in args.arms:
-        for seed in range(args.seed, args.seed + args.repeats):
-            model = make_model(arm, args.layers[0], args, seed)
-            data = train_toy.ToyData(args.task, args.digits, seed, args.device)
-            step, batches = train_toy.make_step(model, args), data.batches(args.batch_size)
-            with torch.no_grad():
-                hidden0 = model.eval().hidden(data.eval_input)
-            model.train()
-            omega0 = [s.shortcut.omega.detach().clone() for s in model.sublayers()
-                      if hasattr(s.shortcut, "omega")]
-            records, start = [], time.perf_counter()
-            for i in range(args.steps + 1):
-                if i % args.every == 0 or i == args.steps:
-                    if i:  # at step 0 there are no gradients yet
-                        records.append({"step": i, **snapshot(model, data, hidden0, omega0)})
-                        log(watch_line(arm, seed, records[-1], time.perf_counter() - start))
-                    if i == args.steps:
-                        break
-                loss = step(*next(batches), args.lr * train_toy.lr_factor(i, args.warmup, args.steps))
-                if not math.isfinite(loss.item()):
-                    break
-            verdict = (f"diverged at step {i}" if not math.isfinite(loss.item()) else
-                       "learned" if records and records[-1]["accuracy"] >= train_toy.SOLVED else "did not learn")
-            runs.append({"arm": arm, "seed": seed, "layers": args.layers[0], "lr": args.lr,
-                         "warmup": args.warmup, "steps": args.steps, "verdict": verdict,
-                         "records": records})
-    return runs
+    """Each arm and seed trained by train_toy.train_arm to the end of its budget, recorded from step
+    --every on, every --every steps and at the end."""
+    return [watch_run(cfg, args.every, log) for cfg in watch_configs(args)]
 
 
-def watch_line(arm: str, seed: int, r: dict, seconds: float) -> str:
+def watch_configs(args) -> list[TrainConfig]:
+    """The watched runs' configurations: each arm, seeds --seed on, at the first --layers."""
+    return [config.train_config(args, layers=args.layers[0], arms=[arm], seed=seed)
+            for arm in args.arms for seed in range(args.seed, args.seed + args.repeats)]
+
+
+def watch_run(cfg: TrainConfig, every: int, log) -> dict:
+    arm, seed = cfg.arms[0], cfg.seed
+    model = make_model(arm, cfg)
+    data = train_toy.ToyData(cfg.task, cfg.digits, seed, cfg.device)
+    with torch.no_grad():
+        hidden0 = model.eval().hidden(data.eval_input)
+    model.train()
+    omega0 = [s.shortcut.omega.detach().clone() for s in model.sublayers() if hasattr(s.shortcut, "omega")]
+    records, start = [], time.perf_counter()
+
+    def watch(i: int, model) -> None:
+        if i and (i % every == 0 or i == cfg.steps):  # at step 0 there are no gradients yet
+            records.append({"step": i, **snapshot(model, data, hidden0, omega0), "seconds": time.perf_counter() - start})
+            log(watch_line(arm, seed, records[-1]))
+
+    result = train_toy.train_arm(arm, cfg, data, lambda line: None, model=model, watch=watch, until_solved=False)
+    return {"arm": arm, "seed": seed, "layers": cfg.layers, "lr": cfg.lr, "warmup": cfg.warmup,
+            "steps": cfg.steps, "verdict": result.verdict, "records": records}
+
+
+def watch_line(arm: str, seed: int, r: dict) -> str:
     return (f"  {arm:<17} seed {seed} step {r['step']:>4}  loss {r['loss']:.3f}  acc {100 * r['accuracy']:5.1f}%  "
             f"change {r['change']:.2e}  LN input RMS median {r['ln_input_rms'][2]:.2f} max "
             f"{r['ln_input_rms'][4]:.2f}  grad first/last layer {r['grad_first_last'][0]:.1e}/"
             f"{r['grad_first_last'][1]:.1e}  ω drift {r['omega_drift']:.3f}  attention entropy "
-            f"{r['attention_entropy'][2]:.2f}  {seconds:6.1f}s")
+            f"{r['attention_entropy'][2]:.2f}  {r.get('seconds', 0.0):6.1f}s")  # kept files from before: no time
 
 
 def watch_table(runs: list[dict]) -> str:
@@ -253,14 +256,13 @@ def watch_table(runs: list[dict]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=config.DefaultsHelp)
     p.add_argument("what", choices=("step", "watch"), help="the measurement (see the docstring)")
     p.add_argument("--layers", type=cli.comma_list(cli.whole(1, 512), "layer counts"), default=[192],
                    help="depths (watch: the first)")
     p.add_argument("--arms", type=cli.comma_list(cli.one_of(train_toy.ARMS + VARIANTS), "arms"),
                    default=["admin"], help=f"from {', '.join(train_toy.ARMS + VARIANTS)}")
-    train_toy.add_schedule_flags(p)  # as the demo trains
+    config.add_schedule_flags(p)  # as the demo trains
     p.add_argument("--repeats", type=cli.whole(1), default=3, help="seeds, from --seed on")
     p.add_argument("--every", type=cli.whole(1), default=10, help="watch: steps between records")
     p.add_argument("--json", metavar="PATH", help="write the rows or runs as JSON to PATH")
@@ -272,26 +274,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = cli.finish(p, p.parse_args(argv))
     if args.device == "mps":
         p.error("argument --device: deep_end.py computes in float64, which mps does not support")
-    if args.what == "step" and args.warmup < 2:
+    if args.what == "step" and args.warmup is not None and args.warmup < 2:
         p.error(f"argument --warmup: step measures the first and the peak step, so it needs 2 or more, "
                 f"got {args.warmup}")
-    args.cuda_graph, args.omega, args.plot = False, "closed", None  # the eager step, closed-form ω
-    return args
+    return args  # no --cuda-graph, no --omega: the runs train eagerly, with closed-form ω
 
 
-def config_line(config: dict) -> str:
-    return "configuration: " + ", ".join(f"{k}={v}" for k, v in config.items()
-                                         if k not in ("cuda_graph", "omega"))
+def configuration(args) -> dict:
+    """The command line's settings, its schedule as the runs at its depths train (config.schedule_at)."""
+    return cli.configuration(vars(args) | config.schedule_at(args, args.layers))
+
+
+def render(config: dict, out: dict, seconds: float) -> str:
+    """All that deep_end prints, from what --json writes: main() prints each line as it is measured."""
+    lines = [cli.configuration_line(config)]
+    if "steps" in out:
+        lines += [step_line(out["steps"], arm, layers) for layers in config["layers"] for arm in config["arms"]]
+    else:
+        lines += [watch_line(run["arm"], run["seed"], r) for run in out["runs"] for r in run["records"]]
+        lines.append(watch_table(out["runs"]))
+    return "\n".join(lines + [f"({seconds:.1f}s)"])
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     cli.start(args)
     log = lambda line: print(line, flush=True)  # noqa: E731
-    config = cli.configuration(args)
-    log(config_line(config))
+    out = {"config": configuration(args)}
+    log(cli.configuration_line(out["config"]))
     start = time.perf_counter()
-    out = {"config": config}
     if args.what == "step":
         out["steps"] = run_step(args, log)
     else:

@@ -22,6 +22,7 @@ import torch
 
 import admin
 import cli
+import config
 import train_toy
 
 
@@ -58,8 +59,9 @@ def measure(args, log) -> list[dict]:
     idx, _ = next(train_toy.ToyData(args.task, args.digits, args.seed, args.device).batches(args.batch_size))
     for layers in args.layers:
         for arm in args.arms:
-            draws = [output_change(train_toy.make_model(arm, layers, args, args.seed + r).double(), idx,
-                                   args.delta, args.seed + r) for r in range(args.repeats)]
+            models = (train_toy.make_model(arm, config.train_config(args, layers=layers, arms=[arm], seed=args.seed + r))
+                      for r in range(args.repeats))
+            draws = [output_change(m.double(), idx, args.delta, args.seed + r) for r, m in enumerate(models)]
             q1, median, q3 = quartiles(draws)
             rows.append({"arm": arm, "layers": layers, "output_change": median, "q1": q1, "q3": q3,
                          "draws": draws})
@@ -72,9 +74,9 @@ def depth_line(rows: list[dict], layers: int) -> str:
                             for r in rows if r["layers"] == layers)
 
 
-def header(args) -> str:
-    return (f"output change |F(x, W*) - F(x, W)|^2 / |F(x, W)|^2, W* = W ± {args.delta:g} on every "
-            f"block weight matrix, float64, median of {args.repeats} seeds")
+def header(delta: float, repeats: int) -> str:
+    return (f"output change |F(x, W*) - F(x, W)|^2 / |F(x, W)|^2, W* = W ± {delta:g} on every "
+            f"block weight matrix, float64, median of {repeats} seeds")
 
 
 def table(rows: list[dict], arms: list[str]) -> str:
@@ -147,24 +149,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Run the measurement as the command line asks; return what --json writes."""
+def render(config: dict, out: dict, seconds: float) -> str:
+    """All that measure prints, from what --json writes: main() prints each line as it is measured."""
+    rows, arms = out["rows"], config["arms"]
+    lines = [cli.configuration_line(config), header(config["delta"], config["repeats"])]
+    lines += [depth_line(rows, d) for d in sorted(config["layers"])]
+    return "\n".join(lines + [table(rows, arms), f"({seconds:.1f}s)"])
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = build_parser()
     args = cli.finish(p, p.parse_args(argv))
     if args.device == "mps":
         p.error("argument --device: measure.py computes in float64, which mps does not support; "
                 "use --device cpu")
     args.layers = sorted(args.layers)
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the measurement as the command line asks; return what --json writes."""
+    args = parse_args(argv)
     cli.start(args)
     log = lambda line: print(line, flush=True)  # noqa: E731
-    config = cli.configuration(args)
-    log("configuration: " + ", ".join(f"{k}={v}" for k, v in config.items()))
-    log(header(args))
+    settings = cli.configuration(vars(args))
+    log(cli.configuration_line(settings))
+    log(header(args.delta, args.repeats))
     start = time.perf_counter()
     rows = measure(args, log)
     log(table(rows, args.arms))
     log(f"({time.perf_counter() - start:.1f}s)")
-    out = {"config": config, "rows": rows,
+    out = {"config": settings, "rows": rows,
            "output_change": "|F(x,W*)-F(x,W)|^2 / |F(x,W)|^2 of the last layer's output",
            "update": f"+-{args.delta:g} random sign on every block weight matrix"}
     cli.write_outputs(args, out, lambda path: save_plot(path, rows, args), log)

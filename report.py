@@ -1,18 +1,87 @@
-"""How train_toy reports a run: the summary table, the text plot of the loss curves, the JSON record
-and the PNG of the curves. Plain functions of the results; train_toy stands on this file.
+"""How train_toy reports a run: its lines (render: all that the demo prints), the summary table, the
+text plot of the loss curves, what to conclude, the JSON record and the PNG of the curves. Plain
+functions of the results (train_toy.ArmResult) and the configuration; train_toy stands on this file.
 """
 
 from __future__ import annotations
 
 import math
 
+import admin
 import cli
+import config
+from config import TrainConfig
+
+CHANCE_LOSS = math.log(10)  # cross-entropy of a uniform guess over the ten digits
 
 FOLD_BOUND = 1e-4  # relative logit error of the fold: float32 rounding gives ~1e-7, a wrong fold ~1e-2
 
 
 def eval_line(arm: str, step: int, loss: float, accuracy: float, seconds: float) -> str:
     return f"  {arm:<8} step {step:>5}  loss {loss:7.4f}  acc {100 * accuracy:6.2f}%  {seconds:6.1f}s"
+
+
+def diverged_line(r) -> str:
+    return f"  {r.arm} diverged at step {r.diverged_at}; last finite loss {r.last_finite_loss}"
+
+
+def interrupted_line(r) -> str:
+    return f"  {r.arm} interrupted at step {r.steps}"
+
+
+def conclusion(results: list, layers: int, lr: float | None = None,
+               warmup: int | None = None) -> str:
+    by_arm = {r.arm: r for r in results}
+    v, a = by_arm.get("vanilla"), by_arm.get("admin")
+    if v is None or a is None or v.interrupted or a.interrupted:
+        return "Run the vanilla and admin arms to completion to compare them."
+    if a.verdict == "learned" and v.verdict != "learned":
+        return (f"Conclusion: at {layers} layers plain Post-LN {v.verdict}, while Admin learned the task "
+                f"from the same weights, data and optimizer: the only change is ω on the shortcut. "
+                f"(In our stability map vanilla learned only at 6 layers; at 12 it learned with 4x the "
+                f"steps and 200 warm-up steps: tutorial.md, Sections 5 and 11.)")
+    if a.verdict == "learned" and v.verdict == "learned":
+        return (f"Conclusion: at {layers} layers both Post-LN arms learn; the failure of vanilla "
+                f"Post-LN is a matter of depth (try --layers 48).")
+    if a.verdict != "learned" and lr is not None:
+        return (f"Conclusion: vanilla {v.verdict}, admin {a.verdict} at peak lr {lr:g} with {warmup} "
+                f"warm-up steps. Deep Admin fails when the learning rate climbs too far too fast: halve "
+                f"it (--lr {float(f'{lr / 2:.2g}'):g}) or double the warm-up (--warmup {2 * warmup}); "
+                f"the rule map behind the defaults is in tutorial.md, Section 12.")
+    return f"Conclusion: vanilla {v.verdict}, admin {a.verdict}; see the table above."
+
+
+def arm_title(arm: str, cfg: TrainConfig) -> str:
+    omega = (f"ω = {admin.calculate_init(2 * cfg.layers, cfg.output_change_scale):.3f}"
+             if cfg.omega == "closed" else "ω profiled on the first batch")
+    deepnorm = (f"α = {admin.deepnorm_alpha(cfg.layers):.3f}, "
+                f"V, output and FFN weights start × {admin.deepnorm_beta(cfg.layers):.3f}")
+    return f"training {arm} ({dict(vanilla='Post-LN', admin=f'Post-LN, {omega}', preln='Pre-LN', deepnorm=deepnorm)[arm]})"
+
+
+def summary(results: list, folded: float | None, cfg: TrainConfig) -> str:
+    """What follows the training lines: the table, the text plot, examples, the conclusion."""
+    parts = ["\nsummary (train ms/step: the median step)", summary_table(results, folded),
+             "\n" + text_plot({r.arm: r.history for r in results}, CHANCE_LOSS)]
+    parts += [f"\n{r.arm}, held-out examples:\n" + "\n".join("  " + e for e in r.examples)
+              for r in results if r.examples]
+    return "\n".join(parts + ["\n" + conclusion(results, cfg.layers, cfg.lr, cfg.warmup)])
+
+
+def render(cfg: TrainConfig, results: list, folded: float | None, seconds: float) -> str:
+    """All that the demo prints, from its results: main() prints the first line, each arm's lines as
+    train_arm logs them, then the end (test_train_toy checks that they are these lines); test_docs renders
+    a kept results file with it."""
+    lines = [cli.configuration_line(config.configuration(cfg))]
+    for r in results:
+        lines += [arm_title(r.arm, cfg)] + [eval_line(r.arm, *h, t) for h, t in zip(r.history, r.eval_seconds)]
+        lines += [diverged_line(r)] if r.diverged_at is not None else []
+        lines += [interrupted_line(r)] if r.interrupted else []
+    return "\n".join(lines + [the_end(results, folded, cfg, seconds)])
+
+
+def the_end(results: list, folded: float | None, cfg: TrainConfig, seconds: float) -> str:
+    return f"{summary(results, folded, cfg)}  ({seconds:.1f}s in all)"
 
 
 def fold_verdict(relative_error: float) -> str:
@@ -41,7 +110,8 @@ def result_json(r) -> dict:
     return {"final_loss": r.final_loss, "accuracy": r.accuracy, "diverged": r.diverged_at is not None,
             "diverged_at": r.diverged_at, "verdict": r.verdict, "steps": r.steps,
             "seconds": r.seconds, "train_ms_per_step": r.step_ms, "interrupted": r.interrupted,
-            "history": r.history, "examples": r.examples}
+            "history": r.history, "examples": r.examples, "eval_seconds": r.eval_seconds,
+            "last_finite_loss": r.last_finite_loss}
 
 
 def text_plot(histories: dict[str, list], chance: float, height: int = 10, width: int = 60) -> str:

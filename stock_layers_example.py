@@ -27,7 +27,9 @@ from torch import nn
 
 import admin
 import cli
+import config
 import train_toy
+from config import TrainConfig
 
 INITS = ("torch", "xavier")
 ARMS = ("vanilla", "admin", "admin profiled")
@@ -37,11 +39,11 @@ FOLD_GAP = 1e-5  # "same logits": float32 rounding (the fold itself is checked i
 class StockLM(nn.Module):
     """Embeddings, nn.TransformerEncoder of Post-LN layers under a causal mask, a head: (B, T) -> (B, T, V)."""
 
-    def __init__(self, arm: str, layers: int, args):
+    def __init__(self, arm: str, cfg: TrainConfig):
         super().__init__()
-        C, V = args.d_model, train_toy.VOCAB
-        self.tok, self.pos = nn.Embedding(V, C), nn.Embedding(2 * args.digits, C)
-        sizes = dict(d_model=C, nhead=args.n_heads, dim_feedforward=4 * C, dropout=0.0, batch_first=True)
+        C, V, layers = cfg.d_model, train_toy.VOCAB, cfg.layers
+        self.tok, self.pos = nn.Embedding(V, C), nn.Embedding(2 * cfg.digits, C)
+        sizes = dict(d_model=C, nhead=cfg.n_heads, dim_feedforward=4 * C, dropout=0.0, batch_first=True)
         layer = (nn.TransformerEncoderLayer(**sizes) if arm == "vanilla"
                  else admin.TransformerEncoderLayer(**sizes, num_res_layers=2 * layers))
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
@@ -54,42 +56,42 @@ class StockLM(nn.Module):
         return self.head(self.encoder(x, mask=causal, is_causal=True))  # (B, T, V)
 
 
-def make_stock_model(arm: str, init: str, args) -> StockLM:
-    torch.manual_seed(args.seed)  # the same draws for every arm: ω is no random number
-    model = StockLM(arm, args.layers, args)
+def make_stock_model(arm: str, init: str, cfg: TrainConfig) -> StockLM:
+    torch.manual_seed(cfg.seed)  # the same draws for every arm: ω is no random number
+    model = StockLM(arm, cfg)
     if init == "xavier":  # nn.Transformer's _reset_parameters, on the stack it would own
         for p in model.encoder.parameters():
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
-    return model.to(args.device)
+    return model.to(cfg.device)
 
 
-def run(args, log) -> list[dict]:
-    data, rows = train_toy.ToyData(args.task, args.digits, args.seed, args.device), []
-    for init in args.inits:
-        for arm in args.arms:
-            model = make_stock_model(arm, init, args)
-            first = next(data.batches(args.batch_size))[0]
+def run(cfg: TrainConfig, inits: list[str], log) -> list[dict]:
+    data, rows = train_toy.ToyData(cfg.task, cfg.digits, cfg.seed, cfg.device), []
+    for init in inits:
+        for arm in cfg.arms:
+            model = make_stock_model(arm, init, cfg)
+            first = next(data.batches(cfg.batch_size))[0]
             omegas = admin.profile_omega(model, first) if arm == "admin profiled" else None
             log(f"training {arm}, {init} init")
-            result = train_toy.train_arm(arm, args, data, log, model=model)
+            result = train_toy.train_arm(arm, cfg, data, log, model=model)
             row = dict(init=init, arm=arm, steps=result.steps, loss=result.final_loss,
                        accuracy=result.accuracy, verdict=result.verdict, seconds=result.seconds,
                        omega=[min(omegas), max(omegas)] if omegas else None, folded=None,
                        history=result.history)
             if arm != "vanilla" and result.diverged_at is None:
-                row["folded"] = fold_into_stock(model, init, first, args)
+                row["folded"] = fold_into_stock(model, init, first, cfg)
             rows.append(row)
     return rows
 
 
-def fold_into_stock(model: StockLM, init: str, batch: torch.Tensor, args) -> float:
+def fold_into_stock(model: StockLM, init: str, batch: torch.Tensor, cfg: TrainConfig) -> float:
     """Fold ω with admin.fold, load the rest strictly into the vanilla StockLM: the relative logit gap."""
     model.eval()
     with torch.no_grad():
         want = model(batch)
     folded = admin.fold(model, batch, embeddings={model.encoder: [model.tok.weight, model.pos.weight]})
-    stock = make_stock_model("vanilla", init, args)
+    stock = make_stock_model("vanilla", init, cfg)
     stock.load_state_dict(folded.state_dict, strict=True)
     with torch.no_grad():
         return ((stock.eval()(batch) - want).abs().max() / want.abs().max()).item()
@@ -97,7 +99,7 @@ def fold_into_stock(model: StockLM, init: str, batch: torch.Tensor, args) -> flo
 
 def render(config: dict, rows: list[dict], seconds: float) -> str:
     """What main() prints, less the training lines: the configuration, the table, the time."""
-    return "\n".join(["configuration: " + ", ".join(f"{k}={v}" for k, v in config.items()),
+    return "\n".join([cli.configuration_line(config),
                       table(rows, config["layers"]), f"({seconds:.0f}s in all)"])
 
 
@@ -113,34 +115,41 @@ def table(rows: list[dict], layers: int) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=train_toy.DefaultsHelp)
+def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, list[str], argparse.Namespace]:
+    """The run's training configuration (the demo's, built by config.train_config), the initializations,
+    and the parsed flags (for --json)."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=config.DefaultsHelp)
     p.add_argument("--layers", type=cli.whole(1), default=48, help="encoder layers (2 sub-layers each)")
     p.add_argument("--arms", type=cli.comma_list(cli.one_of(ARMS), "arms"), default=list(ARMS),
                    help=f"comma-separated arms, from {', '.join(ARMS)}")
     p.add_argument("--inits", type=cli.comma_list(cli.one_of(INITS), "inits"), default=list(INITS),
                    help=f"comma-separated initializations, from {', '.join(INITS)}")
-    train_toy.add_schedule_flags(p, by_depth=True)
-    p.add_argument("--eval-every", type=cli.whole(1), default=20, help="steps between held-out evaluations")
+    config.add_schedule_flags(p)
+    p.add_argument("--eval-every", type=cli.whole(1), default=config.EVAL_EVERY,
+                   help="steps between held-out evaluations")
     cli.add_model_flags(p)
     p.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
-    p.set_defaults(cuda_graph=False, omega="closed", plot=None)  # eager steps; ω profiled here, not by train_arm
     args = cli.finish(p, p.parse_args(argv))
-    train_toy.fill_schedule(args)
-    return args
+    return config.train_config(args), args.inits, args  # eager steps, ω profiled here: the defaults
+
+
+def configuration(cfg: TrainConfig, inits: list[str]) -> dict:
+    """The configuration line's settings: the demo's, with the initializations after the arms."""
+    shown = {k: v for k, v in config.settings(cfg).items() if k not in ("omega", "cuda_graph")}
+    ordered = {k: v for k, v in shown.items() if k in ("layers", "arms")} | {"inits": inits}
+    return cli.configuration(ordered | shown)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    args = parse_args(argv)
-    cli.start(args)
+    cfg, inits, args = parse_args(argv)
+    cli.start(cfg)
     log = lambda line: print(line, flush=True)  # noqa: E731
-    config = cli.configuration(args, skip=("json", "plot", "cuda_graph", "omega"))
+    settings = configuration(cfg, inits)
     start = time.perf_counter()
-    log(render(config, [], 0.0).splitlines()[0])  # the configuration line, before training
-    rows = run(args, log)
-    log("\n".join(render(config, rows, time.perf_counter() - start).splitlines()[1:]))
-    cli.write_outputs(args, {"config": config, "rows": rows}, None, log)
+    log(cli.configuration_line(settings))
+    rows = run(cfg, inits, log)
+    log("\n".join(render(settings, rows, time.perf_counter() - start).splitlines()[1:]))
+    cli.write_outputs(args, {"config": settings, "rows": rows}, None, log)
     return rows
 
 

@@ -37,6 +37,7 @@ from multiprocessing import get_context
 import torch
 
 import cli
+import config
 import train_toy
 
 GRID_FLAGS = ("arms", "layers", "lr", "warmup", "steps", "task", "seed", "omega")  # a run's key, in order
@@ -55,20 +56,24 @@ MS_PER_LAYER_STEP = 1.8  # a training step and its share of evaluations, per lay
 
 
 def warmup_spec(text: str) -> int | str:
-    """A warm-up length: a whole number of steps, or 'layers' (one step per layer)."""
-    return text if text == "layers" else cli.whole(0)(text)
+    """A warm-up length: a whole number of steps, 'layers' (one step per layer) or 'depth' (the demo's)."""
+    return text if text in ("layers", "depth") else cli.whole(0)(text)
 
 
 def steps_spec(text: str) -> int | str:
-    """A budget: a whole number of steps, or '+N' (the warm-up, then N steps of decay)."""
+    """A budget: a whole number of steps, '+N' (the warm-up, then N steps of decay) or 'depth'."""
     if text.startswith("+"):
         return f"+{cli.whole(1)(text[1:])}"
-    return cli.whole(1)(text)
+    return text if text == "depth" else cli.whole(1)(text)
 
 
 def schedule(warmup: int | str, steps: int | str, layers: int) -> tuple[int, int]:
-    """The (warm-up, budget) in steps that a schedule's specs give at `layers` layers."""
-    warmup = layers if warmup == "layers" else warmup
+    """The (warm-up, budget) in steps that a schedule's specs give at `layers` layers; 'depth' is
+    what the demo trains with there (config.schedule_for: 50 of 200 up to 48 layers, 100 of 400 deeper)."""
+    demo = config.schedule_for(layers)
+    warmup = layers if warmup == "layers" else demo["warmup"] if warmup == "depth" else warmup
+    if steps == "depth":
+        return warmup, demo["steps"]
     return warmup, (warmup + int(steps[1:]) if isinstance(steps, str) else steps)
 
 
@@ -85,11 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=cli.comma_list(cli.positive_float, "learning rates"),
                    help="peak learning rates (default: 2.5e-4,5e-4,1e-3,2e-3,4e-3,8e-3)")
     p.add_argument("--warmup", type=cli.comma_list(warmup_spec, "warm-up step counts"),
-                   default=[50], help="warm-up steps, or 'layers' for one warm-up step per layer "
-                                        "(default: 50, the demo's)")
-    p.add_argument("--steps", type=cli.comma_list(steps_spec, "step budgets"), default=[200],
-                   help="training budgets, or '+N' for the warm-up and N steps more (default: 200, "
-                        "the demo's)")
+                   default=["depth"], help="warm-up steps, 'layers' for one warm-up step per layer, or "
+                   "'depth' for the demo's at each depth (default: depth: 50 up to 48 layers, 100 deeper)")
+    p.add_argument("--steps", type=cli.comma_list(steps_spec, "step budgets"), default=["depth"],
+                   help="training budgets, '+N' for the warm-up and N steps more, or 'depth' for the "
+                        "demo's (default: depth: 200 up to 48 layers, 400 deeper)")
     p.add_argument("--task", type=cli.comma_list(cli.one_of(cli.TASKS), "tasks"), default=["reverse"],
                    help="tasks (default: reverse)")
     p.add_argument("--seed", type=cli.comma_list(cli.whole(0), "seeds"), help="seeds (default: 0,1,2)")
@@ -131,14 +136,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                 + ",".join(f"{lr:g}" for lr in args.lr))
     if args.report and not os.path.isfile(args.results):
         p.error(f"argument --results: --report tabulates an existing results file; {args.results} is none")
-    args.fixed = {name: getattr(args, name) for name in PASS_THROUGH}
-    if args.report:  # the file's own settings: a map made on a GPU is tabulated anywhere
-        with open(args.results) as f:
-            args.fixed = json.loads(f.readline()).get("fixed", args.fixed)
     if args.threads is None:
         args.threads = max(1, (os.cpu_count() or 1) // args.jobs)
     cli.check_outputs(p, {"--results": args.results})
     return args
+
+
+def fixed_settings(args) -> dict:
+    """The settings every run of the sweep shares, as the results file's header keeps them; --report:
+    the file's own (a map made on a GPU is tabulated anywhere)."""
+    fixed = {name: getattr(args, name) for name in PASS_THROUGH}
+    if args.report:
+        with open(args.results) as f:
+            return json.loads(f.readline()).get("fixed", fixed)
+    return fixed
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -173,13 +184,19 @@ def run_key(point: dict) -> tuple:
             point["task"], point["seed"], point.get("omega", "closed"))
 
 
+def point_config(point: dict, args) -> config.TrainConfig:
+    """The training configuration of one grid point: `python train_toy.py --arms ARM --layers L --lr LR
+    ...`'s, with the point's settings and the sweep's fixed ones."""
+    return config.train_config(args, arms=[point["arm"]], **{k: v for k, v in point.items() if k != "arm"})
+
+
 def run_point(point: dict, args) -> dict:
     """Train one arm as `python train_toy.py --arms ARM --layers L --lr LR ...` would, quietly, and
     return the run's line for the results file."""
-    run_args = argparse.Namespace(**{**vars(args), **point, "arms": [point["arm"]]})
-    cli.start(run_args)
-    data = train_toy.ToyData(point["task"], args.digits, point["seed"], args.device)
-    r = train_toy.train_arm(point["arm"], run_args, data, log=lambda line: None)
+    cfg = point_config(point, args)
+    cli.start(cfg)
+    data = train_toy.ToyData(cfg.task, cfg.digits, cfg.seed, cfg.device)
+    r = train_toy.train_arm(point["arm"], cfg, data, log=lambda line: None)
     if r.interrupted:  # a run cut short is no result: the next sweep trains it again
         raise KeyboardInterrupt
     return {**point, "accuracy": r.accuracy, "final_loss": r.final_loss, "verdict": r.verdict,
@@ -503,14 +520,14 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     log = lambda line: print(line, flush=True)  # noqa: E731
     try:
-        done = load_results(args.results, args.fixed)
+        done = load_results(args.results, fixed_settings(args))
     except ValueError as error:
         build_parser().error(f"argument --results: {error}")  # exit 2
     points = [] if args.edge else grid_points(args)
     todo = [] if args.report else [p for p in points if run_key(p) not in done]
-    config = {name: getattr(args, name) for name in GRID_FLAGS} | args.fixed | (
+    settings = {name: getattr(args, name) for name in GRID_FLAGS} | fixed_settings(args) | (
         {"edge": True} if args.edge else {})
-    log("sweep: " + ", ".join(f"{k}={v}" for k, v in config.items())
+    log("sweep: " + ", ".join(f"{k}={v}" for k, v in settings.items())
         + f", jobs={args.jobs}, threads={args.threads}, torch={torch.__version__}")
     if args.edge:
         log(f"{len(edge_cells(args))} walks on the ladder {', '.join(f'{lr:g}' for lr in LADDER)}, from "
@@ -521,7 +538,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"{len(todo)} to do: about {minutes(upper)} on a 2-core CPU ({MS_PER_LAYER_STEP} ms per layer "
             f"per step with evaluations, full budgets; runs that learn stop early)")
     if not args.report and (not os.path.exists(args.results) or os.path.getsize(args.results) == 0):
-        append_line(args.results, {"fixed": args.fixed, "torch": torch.__version__})
+        append_line(args.results, {"fixed": fixed_settings(args), "torch": torch.__version__})
     interrupted = False
     try:
         if args.edge and not args.report:
@@ -533,7 +550,7 @@ def main(argv: list[str] | None = None) -> dict:
         log(f"interrupted: the finished runs are in {args.results}; run the same command to go on")
     runs, text = summary(args, done)
     log("\n" + text)
-    out = {"config": config, "runs": runs} | ({"edges": edges(args, done)} if args.edge else {})
+    out = {"config": settings, "runs": runs} | ({"edges": edges(args, done)} if args.edge else {})
     cli.write_outputs(args, out, lambda path: save_plot(path, runs, args), log)
     if interrupted:
         sys.exit(130)

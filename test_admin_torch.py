@@ -20,13 +20,28 @@ from testing_tools import tiny_config
 # 1. The drop-in
 # ---------------------------------------------------------------------------------------------------
 
-def test_calculate_init_is_bit_identical_to_admin_torch_arithmetic():
-    """admin-torch 0.1.0 takes the square root as `value ** 0.5`, which differs from the correctly
-    rounded math.sqrt in the last bit for some N (2921 for O(1)); our values must equal the package's."""
-    assert math.sqrt(2921) != 2921**0.5, "the witness that the choice of square root matters"
-    for n in range(1, 10_001):
-        assert admin.calculate_init(n, "O(logn)") == ((n + 1) / math.log(n + 1) - 1) ** 0.5, n
-        assert admin.calculate_init(n, "O(1)") == n**0.5, n
+# ω as the admin-torch 0.1.0 package itself computes it (repr: every bit), N residual sub-layers. Made
+# once in a fresh virtual environment with the package, which this suite does not depend on:
+#     python3 -m venv /tmp/at && /tmp/at/bin/pip install admin-torch==0.1.0 torch==2.13.0
+#     /tmp/at/bin/python -c 'import admin_torch as a; [print(n, repr(a.calculate_init(n, s)))
+#         for n in (1, 2, 12, 24, 96, 384, 2921, 10000) for s in ("O(logn)", "O(1)", "O(n)")]'
+# (2026-12-01, Python 3.11, admin-torch 0.1.0 and torch 2.13.0+cpu from PyPI). O(n) is 1.0 at every N.
+ADMIN_TORCH_0_1_0 = {  # N: (O(logn), O(1))
+    1: (1.373095073830624, 1.0), 2: (1.3155674364624994, 1.4142135623730951),
+    12: (2.017009218686578, 3.4641016151377544), 24: (2.6012855825524324, 4.898979485566356),
+    96: (4.49483317887631, 9.797958971132712), 384: (7.979387853004898, 19.595917942265423),
+    2921: (19.109273429271354, 54.046276467486635), 10000: (32.936802966987216, 100.0)}
+
+
+def test_calculate_init_is_bit_identical_to_admin_torch():
+    """Our ω equals, to the last bit, what the admin-torch 0.1.0 package printed (above). The package
+    takes the square root as `value ** 0.5`, which differs from the correctly rounded math.sqrt in the
+    last bit for some N: 2921 for O(1) is such a witness, so a math.sqrt here would fail."""
+    assert math.sqrt(2921) != ADMIN_TORCH_0_1_0[2921][1], "the witness that the choice of square root matters"
+    for n, (logn, one) in ADMIN_TORCH_0_1_0.items():
+        assert admin.calculate_init(n, "O(logn)") == admin.calculate_init(n, "default") == logn, n
+        assert admin.calculate_init(n, "O(1)") == one, n
+        assert admin.calculate_init(n, "O(n)") == 1.0, n
 
 
 def _int_method(name: str):
@@ -98,13 +113,15 @@ def test_as_module_as_buffer_as_parameter():
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5, -2.0, float("nan"), float("inf"), "12", None, True])
 def test_calculate_init_rejects_bad_layer_counts(bad):
-    with pytest.raises(ValueError, match=re.escape("whole number >= 1") + ".*" + re.escape(repr(bad))):
+    with pytest.raises(ValueError, match="num_res_layers.*" + re.escape("whole number >= 1") + ".*" + re.escape(repr(bad))):
         admin.calculate_init(bad)
 
 
 def test_calculate_init_rejects_unknown_scale():
-    with pytest.raises(ValueError, match=r"'O\(log n\)'.*|O\(logn\)"):
+    """The error names the bad value and what is allowed."""
+    with pytest.raises(ValueError, match=r"output_change_scale .*'O\(log n\)'") as error:
         admin.calculate_init(12, "O(log n)")
+    assert all(allowed in str(error.value) for allowed in ("O(logn)", "O(1)", "O(n)")), error.value
 
 
 @pytest.mark.parametrize("embed_dim", [None, 0, 2.5, True])

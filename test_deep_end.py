@@ -7,6 +7,7 @@ import torch
 
 import admin
 import cli
+import config
 import deep_end
 import train_toy
 from testing_tools import exit_2_error
@@ -16,15 +17,17 @@ TINY = ["--d-model", "8", "--n-heads", "2", "--digits", "3", "--batch-size", "8"
 
 
 def parsed(*argv: str):
-    p = deep_end.build_parser()
-    args = cli.finish(p, p.parse_args([*argv, *TINY]))
-    args.cuda_graph, args.omega = False, "closed"
-    return args
+    return deep_end.parse_args([*argv, *TINY])
+
+
+def tiny(arm: str, layers: int, what: str = "step") -> config.TrainConfig:
+    """The configuration of a run of `arm` at `layers` layers, seed 0, as deep_end builds it."""
+    return config.train_config(parsed(what), layers=layers, arms=[arm], seed=0)
 
 
 @pytest.mark.parametrize("arm", train_toy.ARMS + deep_end.VARIANTS)
 def test_every_parameter_is_in_one_named_group(arm):
-    model = deep_end.make_model(arm, 2, parsed("step"), 0)
+    model = deep_end.make_model(arm, tiny(arm, 2))
     groups = {name: deep_end.group_of(name) for name, _ in model.named_parameters()}
     assert set(groups.values()) <= set(deep_end.GROUPS)
     assert {n for n, g in groups.items() if g == "omega"} == {n for n in groups if n.endswith(".omega")}
@@ -34,17 +37,16 @@ def test_every_parameter_is_in_one_named_group(arm):
 
 
 def test_the_variants_change_admin_as_their_names_say():
-    args = parsed("watch")
-    plain = deep_end.make_model("admin", 3, args, 0)
-    frozen = deep_end.make_model("admin-frozen-ln", 3, args, 0)
+    plain = deep_end.make_model("admin", tiny("admin", 3))
+    frozen = deep_end.make_model("admin-frozen-ln", tiny("admin-frozen-ln", 3))
     assert all(not p.requires_grad for m in frozen.modules() if isinstance(m, torch.nn.LayerNorm)
                for p in m.parameters())
-    fixed = deep_end.make_model("admin-fixed-omega", 3, args, 0)
+    fixed = deep_end.make_model("admin-fixed-omega", tiny("admin-fixed-omega", 3))
     assert all(not s.shortcut.omega.requires_grad for s in fixed.sublayers())
-    alpha = deep_end.make_model("alpha-only", 3, args, 0)
+    alpha = deep_end.make_model("alpha-only", tiny("alpha-only", 3))
     assert all(torch.all(s.shortcut.omega == torch.tensor(admin.deepnorm_alpha(3)))
                and not s.shortcut.omega.requires_grad for s in alpha.sublayers())
-    beta = deep_end.make_model("admin-beta", 3, args, 0)
+    beta = deep_end.make_model("admin-beta", tiny("admin-beta", 3))
     b, want = admin.deepnorm_beta(3), plain.state_dict()
     for name, value in beta.state_dict().items():
         scaled = name.endswith(("out_proj.weight", "linear1.weight", "linear2.weight"))
@@ -58,20 +60,22 @@ def test_a_real_step_is_measured_as_the_change_it_makes_and_kept():
     """The "all" change is the output change of the step itself, computed here a second way (a float64
     copy before and after); the random-sign update has the same sizes, so its change is positive too;
     and the model goes on from the real step."""
-    args = parsed("step")
+    cfg = tiny("admin", 2)
     torch.manual_seed(0)
-    model = deep_end.make_model("admin", 2, args, 0).double()
+    model = deep_end.make_model("admin", cfg).double()
     data = train_toy.ToyData("reverse", 3, 0)
     batch, idx = next(data.batches(8)), data.eval_input
     before = copy.deepcopy(model)
-    step = train_toy.make_step(model, args)
+    step = train_toy.make_step(model, cfg)
     changes = deep_end.step_changes(model, step, batch, 1e-3, idx, seed=0)
     with torch.no_grad():
         want = deep_end.relative_change(model.eval().hidden(idx), before.eval().hidden(idx))
     assert changes["all"][0] == pytest.approx(want, rel=1e-9)
     assert set(changes) == set(deep_end.GROUPS) | {"all"}
-    assert all(real >= 0 and shuffled >= 0 for real, shuffled in changes.values())
-    assert changes["branches"][0] > 0 and changes["omega"][0] > 0
+    moved = {g for g, (real, _) in changes.items() if real > 0}
+    assert moved == set(deep_end.GROUPS) - {"head"} | {"all"}, changes  # F, the last hidden state, has no head
+    assert all(shuffled > 0 for g, (_, shuffled) in changes.items() if g in moved), changes
+    assert changes["head"] == [0.0, 0.0], changes["head"]
 
 
 def test_watch_records_every_few_steps_and_says_whether_it_learned(capsys):
@@ -100,7 +104,7 @@ def test_a_diverging_watched_run_says_so_and_the_table_still_prints(capsys):
                                         (["watch", "--every", "0"], "--every"),
                                         (["sideways"], "what")])
 def test_bad_input_exits_2_naming_the_flag(argv, flag, capsys):
-    assert flag in exit_2_error(deep_end.main, argv, capsys)
+    assert f"argument {flag}" in exit_2_error(deep_end.main, argv, capsys)
 
 
 def test_the_scripts_flush_subnormals_to_zero():

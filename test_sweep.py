@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 import cli
+import config
 import sweep
 import train_toy
 from testing_tools import TINY_RUN, command_line_error, exit_2_error
@@ -134,7 +135,7 @@ def test_bad_input_on_the_real_command_line_has_no_traceback():
 
 def test_the_sweep_takes_train_toys_device_flag(tmp_path, capsys):
     args = sweep.parse_args(["--device", "cpu", "--results", str(tmp_path / "r.jsonl")])
-    assert args.fixed["device"] == "cpu"
+    assert sweep.fixed_settings(args)["device"] == "cpu"
     absent = next(d for d in ("cuda", "mps") if d not in cli.available_devices())
     err = exit_2_error(sweep.parse_args, ["--device", absent, "--results", str(tmp_path / "r.jsonl")], capsys)
     assert f"argument --device: {absent} is not available" in err
@@ -261,4 +262,4 @@ def test_a_run_cut_short_is_not_written_as_a_result(tmp_path, monkeypatch, capsy
 def test_the_demos_deep_learning_rates_are_rungs_of_the_ladder():
     """So the map's runs at 96, 192 and 384 layers are the demo's own runs there."""
     for layers in (96, 192, 384):
-        assert train_toy.schedule_for(layers)["lr"] in sweep.LADDER
+        assert config.schedule_for(layers)["lr"] in sweep.LADDER

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import cli
+import config
 import report
 import train_toy
 from testing_tools import TINY_RUN, command_line_error, exit_2_error
@@ -94,8 +94,8 @@ def test_one_arm_diverging_leaves_the_other_to_learn(monkeypatch, capsys):
     """Poison only the vanilla model (a NaN weight after three steps); admin must run untouched."""
     real_make_model = train_toy.make_model
 
-    def make_model(arm, layers, args, seed):
-        model = real_make_model(arm, layers, args, seed)
+    def make_model(arm, cfg):
+        model = real_make_model(arm, cfg)
         if arm == "vanilla":
             calls = {"n": 0}
 
@@ -151,7 +151,7 @@ def test_bad_input_exits_2_naming_the_flag(argv, flag, capsys):
 def test_up_to_48_layers_the_demo_keeps_its_own_settings(layers):
     args = train_toy.parse_args(["--layers", str(layers)])
     assert (args.lr, args.warmup, args.steps) == (2e-3, 50, 200)
-    assert "schedule" not in cli.configuration(args)  # the configuration line is today's
+    assert "schedule" not in config.configuration(args)  # the configuration line is today's
 
 
 @pytest.mark.parametrize("layers", [49, 96, 100, 192, 384, 512])
@@ -162,7 +162,7 @@ def test_deeper_the_peak_falls_as_the_square_root_of_depth(layers):
     assert (args.warmup, args.steps) == (100, 400)
     twice = train_toy.parse_args(["--layers", str(2 * layers)])
     assert abs(twice.lr / args.lr * 2 ** 0.5 - 1) < 1.01e-2  # one √2 step per doubling (two roundings)
-    reason = cli.configuration(args)["schedule"]
+    reason = config.configuration(args)["schedule"]
     assert f"{layers} > 48 layers" in reason and f"lr {args.lr:g}" in reason and "Section 12" in reason
 
 
@@ -171,15 +171,16 @@ def test_flags_given_win_and_the_reason_names_only_what_the_depth_set():
     assert (args.lr, args.warmup, args.steps) == (3e-3, 100, 50)
     assert "warmup 100" in args.schedule and "lr 0" not in args.schedule and "steps" not in args.schedule
     given = train_toy.parse_args(["--layers", "192", "--lr", "3e-3", "--steps", "50", "--warmup", "7"])
-    assert not hasattr(given, "schedule")
+    assert given.schedule is None and "schedule" not in config.configuration(given)
 
 
 def test_a_deep_admin_that_fails_is_told_what_to_change():
     stuck = [train_toy.ArmResult(arm, history=[[0, 2.3, 0.0], [400, 2.3, 0.0]], steps=400)
              for arm in ("vanilla", "admin")]
-    advice = train_toy.conclusion(stuck, 384, 7.07e-4, 100)
+    advice = report.conclusion(stuck, 384, 7.07e-4, 100)
     assert "admin did not learn at peak lr 0.000707 with 100 warm-up steps" in advice
-    assert "--lr 0.00035" in advice  # half of 7.07e-4, to 2 figures and "--warmup 200" in advice
+    assert "--lr 0.00035" in advice  # half of 7.07e-4, to 2 figures
+    assert "--warmup 200" in advice  # twice the warm-up
 
 
 def test_bad_input_on_the_real_command_line_has_no_traceback():
@@ -211,8 +212,70 @@ def test_profiled_omega_is_profiled_on_the_first_training_batch_before_any_step(
     batch, weights = seen[0]
     data = train_toy.ToyData("reverse", 3, 0)
     assert torch.equal(batch, next(data.batches(8))[0]), "not the first training batch"
-    fresh = train_toy.make_model("admin", 1, train_toy.parse_args(TINY + ["--device", "cpu"]), 0)
+    fresh = train_toy.make_model("admin", train_toy.parse_args(TINY + ["--device", "cpu"]))
     assert all(torch.equal(a, b) for a, b in zip(weights, fresh.parameters())), "profiled after a step"
     closed = train_toy.main(TINY + ["--arms", "admin"])
     assert profiled["arms"]["admin"]["history"][0] != closed["arms"]["admin"]["history"][0]
     assert "ω profiled on the first batch" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------------
+# The training pieces, each claim on its own (.ci/mutation found them guarded only by printed numbers)
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_the_schedule_warms_up_linearly_then_decays_linearly_to_zero():
+    """lr_factor: (step + 1) / warmup during warm-up, reaching 1 at the last warm-up step, then
+    (steps - step) / (steps - warmup): 1 right after, 0 at the end of the budget, never below 0."""
+    assert [train_toy.lr_factor(i, 4, 10) for i in range(12)] == pytest.approx(
+        [0.25, 0.5, 0.75, 1.0, 1.0, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6, 0.0, 0.0])
+    assert [train_toy.lr_factor(i, 0, 4) for i in range(5)] == [1.0, 0.75, 0.5, 0.25, 0.0]  # no warm-up
+    assert [train_toy.lr_factor(i, 3, 3) for i in range(4)] == pytest.approx([1 / 3, 2 / 3, 1.0, 0.0])
+    # one decay step: the peak, then 0 (kills .ci/mutation's max(2, steps - warmup) for max(1, ...))
+    assert [train_toy.lr_factor(i, 3, 4) for i in range(5)] == pytest.approx([1 / 3, 2 / 3, 1.0, 1.0, 0.0])
+
+
+def test_the_loss_covers_the_answer_alone():
+    """loss_of: cross-entropy over the positions whose target is not IGNORE (the prompt)."""
+    torch.manual_seed(0)
+    logits = torch.randn(3, 8, train_toy.VOCAB)
+    _, target = train_toy.to_example(torch.randint(10, (3, 4)), "reverse")
+    answer = target != train_toy.IGNORE
+    want = torch.nn.functional.cross_entropy(logits[answer], target[answer])
+    assert train_toy.loss_of(logits, target).item() == pytest.approx(want.item(), rel=1e-6)
+
+
+class FixedLogits(torch.nn.Module):
+    """A stand-in model that answers with given logits, and checks it is asked in eval mode."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, inp):
+        assert not self.training, "evaluated in training mode (dropout on)"
+        return self.logits
+
+
+def test_evaluation_is_exact_match_of_whole_answers_in_eval_mode():
+    data = train_toy.ToyData("reverse", 2, 0)  # 20 held-out strings, answers of 2 tokens
+    target = data.eval_target.clamp_min(0)  # the prompt's targets (IGNORE) as token 0
+    logits = 10 * torch.nn.functional.one_hot(target, train_toy.VOCAB).float()
+    logits[:, :2] = torch.roll(logits[:, :2], 1, dims=-1)  # wrong tokens on the prompt: not asked for
+    model = FixedLogits(logits.clone()).train()
+    loss, accuracy, pred = train_toy.evaluate(model, data)
+    assert model.training, "evaluate leaves the model in eval mode"
+    assert accuracy == 1.0 and pred.shape == (20, 4)
+    assert loss == pytest.approx(train_toy.loss_of(logits, data.eval_target).item())
+    logits[0, 3] = torch.roll(logits[0, 3], 1)  # one wrong answer token: that answer is wrong
+    logits[1, 2:] = torch.roll(logits[1, 2:], 1, dims=-1)  # both wrong: one answer
+    assert train_toy.evaluate(FixedLogits(logits), data)[1] == pytest.approx(18 / 20)
+
+
+@pytest.mark.parametrize("accuracy, diverged_at, verdict", [
+    (0.99, None, "learned"), (1.0, None, "learned"), (0.985, None, "partly learned (98%)"),
+    (0.01, None, "partly learned (1%)"), (0.0099, None, "did not learn"), (0.0, None, "did not learn"),
+    (1.0, 7, "diverged at step 7"), (0.0, 0, "diverged at step 0")])
+def test_the_verdict_rule(accuracy, diverged_at, verdict):
+    r = train_toy.ArmResult("admin", history=[[0, 2.3, 0.0], [20, 1.0, accuracy]], diverged_at=diverged_at)
+    assert r.verdict == train_toy.verdict_of(r) == verdict

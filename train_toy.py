@@ -25,16 +25,12 @@ token is the argmax given the true earlier ones exactly when greedy decoding rep
 
 Optimizer: Adam, betas (0.9, 0.98) as in the paper's recipes; linear warm-up to --lr, then linear decay
 to zero at the end of --steps; no gradient clipping (it would hide the instability this demo is about).
-Up to 48 layers the defaults are lr 2e-3, 50 warm-up steps, 200 steps. Deeper, Admin trains only at
-smaller rates, so what is not given follows the rule map (tutorial.md Section 12): lr 2e-3·√(48/layers),
-100 warm-up steps of 400; the configuration line says so.
-The output change itself, without training, is measure.py; the grid over depth × learning rate is
-sweep.py; both stand on this file.
+The flags, and the schedule by depth for those left unset, are config.py's (its TrainConfig is what
+every function here takes). measure.py, sweep.py, bench.py and deep_end.py stand on this file.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
 import time
@@ -45,12 +41,12 @@ import torch.nn.functional as F
 
 import admin
 import cli
+import config
 import report
+from config import ARMS, TrainConfig, build_parser, parse_args, parse_command_line  # noqa: F401 (the demo's)
 
 SEP, VOCAB, IGNORE = 10, 11, -100
-ARMS = ("vanilla", "admin", "preln", "deepnorm")
 BETAS = (0.9, 0.98)  # Adam's moment decay rates
-CHANCE_LOSS = math.log(10)  # cross-entropy of a uniform guess over the ten digits
 SOLVED, SOLVED_EVALS = 0.99, 3  # "learned": 99% exact; stop an arm that held it for 3 evaluations
 
 
@@ -117,13 +113,13 @@ def describe(inp: torch.Tensor, target: torch.Tensor, pred: torch.Tensor, task: 
 # ---------------------------------------------------------------------------------------------------
 
 
-def make_model(arm: str, layers: int, args, seed: int) -> admin.PostLNTransformer:
-    """The demo's model of `arm` (layers and seed apart from args: measure.py varies them)."""
-    torch.manual_seed(seed)  # the same initial weights for every arm
-    config = admin.TransformerConfig(
-        vocab_size=VOCAB, max_len=2 * args.digits, d_model=args.d_model, n_heads=args.n_heads,
-        d_ff=4 * args.d_model, n_layers=layers, residual=arm, output_change_scale=args.output_change_scale)
-    return admin.PostLNTransformer(config).to(args.device)
+def make_model(arm: str, cfg: TrainConfig) -> admin.PostLNTransformer:
+    """The demo's model of `arm`, its weights drawn from cfg.seed (the same for every arm)."""
+    torch.manual_seed(cfg.seed)  # the same initial weights for every arm
+    model_config = admin.TransformerConfig(
+        vocab_size=VOCAB, max_len=2 * cfg.digits, d_model=cfg.d_model, n_heads=cfg.n_heads,
+        d_ff=4 * cfg.d_model, n_layers=cfg.layers, residual=arm, output_change_scale=cfg.output_change_scale)
+    return admin.PostLNTransformer(model_config).to(cfg.device)
 
 
 def loss_of(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -138,14 +134,14 @@ def lr_factor(step: int, warmup: int, steps: int) -> float:
     return max(0.0, (steps - step) / max(1, steps - warmup))
 
 
-def make_step(model: admin.PostLNTransformer, args):
-    """step(inp, target, lr) -> loss: one Adam update, eager or (--cuda-graph) replayed as a CUDA graph."""
-    if args.cuda_graph:
+def make_step(model: admin.PostLNTransformer, cfg: TrainConfig):
+    """step(inp, target, lr) -> loss: one Adam update, eager or (cfg.cuda_graph) replayed as a CUDA graph."""
+    if cfg.cuda_graph:
         import cuda_graph  # only when graphs are on
 
-        return cuda_graph.graphed_adam_step(model, loss_of, args.lr, BETAS)
-    fused = torch.device(args.device).type in ("cpu", "cuda")  # one fused kernel where torch has it
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=BETAS, fused=fused)
+        return cuda_graph.graphed_adam_step(model, loss_of, cfg.lr, BETAS)
+    fused = torch.device(cfg.device).type in ("cpu", "cuda")  # one fused kernel where torch has it
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=BETAS, fused=fused)
 
     def step(inp: torch.Tensor, target: torch.Tensor, lr: float) -> torch.Tensor:
         for group in opt.param_groups:
@@ -163,38 +159,44 @@ def make_step(model: admin.PostLNTransformer, args):
 # ---------------------------------------------------------------------------------------------------
 
 
-def train_arm(arm: str, args, data: ToyData, log, model: torch.nn.Module | None = None) -> ArmResult:
-    """Train one arm: make_model's, or `model` (token ids (B, T) -> logits) if given."""
-    result = ArmResult(arm, model=model if model is not None else make_model(arm, args.layers, args, args.seed))
-    if arm == "admin" and args.omega == "profiled":  # the paper's ω, from one pass over the first batch
-        admin.profile_omega(result.model, next(data.batches(args.batch_size))[0])
-    step, batches = make_step(result.model, args), data.batches(args.batch_size)
-    start, step_times, solved_evals = time.perf_counter(), [], 0
+def train_arm(arm: str, cfg: TrainConfig, data: ToyData, log, *, model: admin.PostLNTransformer | None = None,
+              watch=None, until_solved: bool = True) -> ArmResult:
+    """Train `model` (default: make_model(arm, cfg)) for cfg.steps steps, evaluating every cfg.eval_every;
+    stop at a non-finite loss, or (until_solved) once it held 99% for 3 evaluations. watch(i, model),
+    if given, sees the model after each i steps (deep_end.py records a run through it)."""
+    result = ArmResult(arm, model=make_model(arm, cfg) if model is None else model)
+    if arm == "admin" and cfg.omega == "profiled":  # the paper's ω, from one pass over the first batch
+        admin.profile_omega(result.model, next(data.batches(cfg.batch_size))[0])
+    step, batches = make_step(result.model, cfg), data.batches(cfg.batch_size)
+    start, solved_evals = time.perf_counter(), 0
     try:
-        for i in range(args.steps + 1):
-            if i % args.eval_every == 0 or i == args.steps:
+        for i in range(cfg.steps + 1):
+            if watch is not None:
+                watch(i, result.model)
+            if i % cfg.eval_every == 0 or i == cfg.steps:
                 held_out_loss, acc, pred = evaluate(result.model, data)
                 result.history.append([i, held_out_loss, acc])
-                log(report.eval_line(arm, i, held_out_loss, acc, time.perf_counter() - start))
+                result.eval_seconds.append(time.perf_counter() - start)
+                log(report.eval_line(arm, i, held_out_loss, acc, result.eval_seconds[-1]))
                 solved_evals = solved_evals + 1 if acc >= SOLVED else 0
-                if solved_evals >= SOLVED_EVALS or i == args.steps:
+                if (until_solved and solved_evals >= SOLVED_EVALS) or i == cfg.steps:
                     break
             inp, target = next(batches)
             t0 = time.perf_counter()
-            loss = step(inp, target, args.lr * lr_factor(i, args.warmup, args.steps)).item()
-            step_times.append(time.perf_counter() - t0)  # .item() waited for the device
+            loss = step(inp, target, cfg.lr * lr_factor(i, cfg.warmup, cfg.steps)).item()
+            result.step_times.append(time.perf_counter() - t0)  # .item() waited for the device
             if not math.isfinite(loss):
                 result.diverged_at = i
-                log(f"  {arm} diverged at step {i}; last finite loss {result.last_finite_loss}")
+                log(report.diverged_line(result))
                 break
             result.last_finite_loss, result.steps = loss, i + 1
     except KeyboardInterrupt:
         result.interrupted = True
-        log(f"  {arm} interrupted at step {result.steps}")
+        log(report.interrupted_line(result))
     result.seconds = time.perf_counter() - start
-    result.step_ms = 1000 * statistics.median(step_times) if step_times else float("nan")
+    result.step_ms = 1000 * statistics.median(result.step_times) if result.step_times else float("nan")
     if result.diverged_at is None and not result.interrupted:  # the loop ended on an evaluation: pred
-        result.examples = [describe(data.eval_input[k], data.eval_target[k], pred[k], args.task)
+        result.examples = [describe(data.eval_input[k], data.eval_target[k], pred[k], cfg.task)
                            for k in range(3)]
     return result
 
@@ -216,23 +218,34 @@ class ArmResult:
     examples: list = field(default_factory=list)
     interrupted: bool = False
     model: admin.PostLNTransformer | None = None
+    eval_seconds: list = field(default_factory=list)  # elapsed at each evaluation
+    step_times: list = field(default_factory=list)  # seconds of each training step
+
+    @classmethod
+    def from_json(cls, arm: str, r: dict) -> ArmResult:
+        """The result that report.result_json wrote (older files: no times of evaluations)."""
+        return cls(arm, r["history"], r["steps"], r["diverged_at"], r.get("last_finite_loss"), r["seconds"],
+                   r["train_ms_per_step"], r["examples"], r["interrupted"],
+                   eval_seconds=r.get("eval_seconds", [0.0] * len(r["history"])))
 
     final_loss = property(lambda self: self.history[-1][1] if self.history else float("nan"))
     accuracy = property(lambda self: self.history[-1][2] if self.history else 0.0)
-
-    @property
-    def verdict(self) -> str:
-        if self.diverged_at is not None:
-            return f"diverged at step {self.diverged_at}"
-        if self.accuracy >= SOLVED:
-            return "learned"
-        return "did not learn" if self.accuracy < 0.01 else f"partly learned ({100 * self.accuracy:.0f}%)"
+    verdict = property(lambda self: verdict_of(self))
 
 
-@torch.no_grad()
+def verdict_of(r: ArmResult) -> str:
+    """The verdict rule, the one every script uses: diverged, learned (99% exact), or how far it got."""
+    if r.diverged_at is not None:
+        return f"diverged at step {r.diverged_at}"
+    if r.accuracy >= SOLVED:
+        return "learned"
+    return "did not learn" if r.accuracy < 0.01 else f"partly learned ({100 * r.accuracy:.0f}%)"
+
+
 def evaluate(model, data: ToyData) -> tuple[float, float, torch.Tensor]:
     """Held-out loss, exact-match accuracy and the argmax predictions (n, 2D)."""
-    logits = model.eval()(data.eval_input)  # (n, 2D, V)
+    with torch.no_grad():  # a plain function (no decorator), so that .ci/mutation can mutate it
+        logits = model.eval()(data.eval_input)  # (n, 2D, V)
     model.train()
     pred = logits.argmax(-1)
     exact = ((pred == data.eval_target) | (data.eval_target == IGNORE)).all(1).float().mean()
@@ -251,157 +264,32 @@ def fold_error(model: admin.PostLNTransformer, inp: torch.Tensor) -> float:
     return ((admin.reparameterize(model).eval()(inp) - want).abs().max() / want.abs().max()).item()
 
 
-def conclusion(results: list[ArmResult], layers: int, lr: float | None = None,
-               warmup: int | None = None) -> str:
-    by_arm = {r.arm: r for r in results}
-    v, a = by_arm.get("vanilla"), by_arm.get("admin")
-    if v is None or a is None or v.interrupted or a.interrupted:
-        return "Run the vanilla and admin arms to completion to compare them."
-    if a.verdict == "learned" and v.verdict != "learned":
-        return (f"Conclusion: at {layers} layers plain Post-LN {v.verdict}, while Admin learned the task "
-                f"from the same weights, data and optimizer: the only change is ω on the shortcut. "
-                f"(In our stability map vanilla learned only at 6 layers; at 12 it learned with 4x the "
-                f"steps and 200 warm-up steps: tutorial.md, Sections 5 and 11.)")
-    if a.verdict == "learned" and v.verdict == "learned":
-        return (f"Conclusion: at {layers} layers both Post-LN arms learn; the failure of vanilla "
-                f"Post-LN is a matter of depth (try --layers 48).")
-    if a.verdict != "learned" and lr is not None:
-        return (f"Conclusion: vanilla {v.verdict}, admin {a.verdict} at peak lr {lr:g} with {warmup} "
-                f"warm-up steps. Deep Admin fails when the learning rate climbs too far too fast: halve "
-                f"it (--lr {float(f'{lr / 2:.2g}'):g}) or double the warm-up (--warmup {2 * warmup}); "
-                f"the rule map behind the defaults is in tutorial.md, Section 12.")
-    return f"Conclusion: vanilla {v.verdict}, admin {a.verdict}; see the table above."
-
-
-def arm_title(arm: str, args) -> str:
-    omega = (f"ω = {admin.calculate_init(2 * args.layers, args.output_change_scale):.3f}"
-             if args.omega == "closed" else "ω profiled on the first batch")
-    deepnorm = (f"α = {admin.deepnorm_alpha(args.layers):.3f}, "
-                f"V, output and FFN weights start × {admin.deepnorm_beta(args.layers):.3f}")
-    return f"training {arm} ({dict(vanilla='Post-LN', admin=f'Post-LN, {omega}', preln='Pre-LN', deepnorm=deepnorm)[arm]})"
-
-
-def run(args, log) -> tuple[list[ArmResult], float | None]:
+def run(cfg: TrainConfig, log) -> tuple[list[ArmResult], float | None]:
     """Train every arm on the same data; return the results and the fold error of the trained Admin
     model (None without one)."""
-    results, data = [], ToyData(args.task, args.digits, args.seed, args.device)
-    for arm in args.arms:
-        log(arm_title(arm, args))
-        results.append(train_arm(arm, args, data, log))
+    results, data = [], ToyData(cfg.task, cfg.digits, cfg.seed, cfg.device)
+    for arm in cfg.arms:
+        log(report.arm_title(arm, cfg))
+        results.append(train_arm(arm, cfg, data, log))
         if results[-1].interrupted:
             break
     trained = next((r.model for r in results if r.arm == "admin" and r.examples), None)
-    return results, None if trained is None else fold_error(trained, data.eval_input[: args.batch_size])
-
-
-def summary(results: list[ArmResult], folded: float | None, args) -> str:
-    """What follows the training lines: the table, the text plot, examples, the conclusion."""
-    parts = ["\nsummary (train ms/step: the median step)", report.summary_table(results, folded),
-             "\n" + report.text_plot({r.arm: r.history for r in results}, CHANCE_LOSS)]
-    parts += [f"\n{r.arm}, held-out examples:\n" + "\n".join("  " + e for e in r.examples)
-              for r in results if r.examples]
-    return "\n".join(parts + ["\n" + conclusion(results, args.layers, args.lr, args.warmup)])
-
-
-# ---------------------------------------------------------------------------------------------------
-# Command line
-# ---------------------------------------------------------------------------------------------------
-
-
-SHALLOW = 48  # up to this depth the demo trains at 2e-3, 50 warm-up steps of 200; deeper, by the rule
-LR_RULE = f"lr = 2e-3·√({SHALLOW}/layers)"  # schedule_for's deep peak, in words (help, configuration)
-
-
-def schedule_for(layers: int) -> dict:
-    """The demo's default peak learning rate, warm-up and budget at `layers` layers.
-
-    Deeper than 48 layers the largest rate at which Admin trains falls about one √2 step per doubling
-    of depth (the rule map, tutorial.md Section 12), so the default peak falls as √(48/layers), a step
-    under that edge (at 96 and 192 layers; 0 or 1 at 384), with 100 warm-up steps of 400 (deep models
-    need more steps to learn)."""
-    if layers <= SHALLOW:
-        return {"lr": 2e-3, "warmup": 50, "steps": 200}
-    # lr = 2e-3·√(48/layers), to 3 figures: 96, 192 and 384 layers land on rungs of sweep.py's ladder
-    return {"lr": float(f"{2e-3 * math.sqrt(SHALLOW / layers):.3g}"), "warmup": 100, "steps": 400}
-
-
-def add_schedule_flags(p: argparse.ArgumentParser, by_depth: bool = False) -> argparse.ArgumentParser:
-    """--steps, --lr, --warmup: the demo's schedule, shared with the scripts that train as it does.
-    by_depth: their defaults are None, and fill_schedule takes them from schedule_for(--layers)."""
-    shallow = schedule_for(SHALLOW)
-    for name, kind, text in (
-            ("steps", cli.whole(1), "training budget per arm; an arm that neither learns nor diverges runs all of it"),
-            ("lr", cli.positive_float, "peak Adam learning rate"), ("warmup", cli.whole(0), "linear warm-up steps to --lr")):
-        p.add_argument(f"--{name}", type=kind, default=None if by_depth else shallow[name], help=text + (
-            f" (default: {shallow[name]:g} up to {SHALLOW} layers, deeper by the rule: see --layers)" if by_depth else ""))
-    return p
-
-
-def fill_schedule(args: argparse.Namespace) -> None:
-    """Give --lr, --warmup and --steps left unset their values at this depth, and say why when the
-    depth changed them (args.schedule, shown on the configuration line)."""
-    chosen = {k: v for k, v in schedule_for(args.layers).items() if getattr(args, k) is None}
-    for name, value in chosen.items():
-        setattr(args, name, value)
-    if args.layers > SHALLOW and chosen:
-        args.schedule = (f"by depth, {args.layers} > {SHALLOW} layers: "
-                         + ", ".join(f"{k} {v:g}" for k, v in chosen.items())
-                         + f" ({LR_RULE}; the rule map, tutorial.md Section 12)")
-
-
-class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
-    """--help shows each default, except those the depth sets (None until parse_args)."""
-
-    def _get_help_string(self, action):
-        return action.help if action.default is None else super()._get_help_string(action)
-
-
-def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    """The demo's flags: its training settings, then the model flags it shares (cli.py)."""
-    p = argparse.ArgumentParser(description="Vanilla Post-LN vs Admin on a toy sequence task.",
-                                formatter_class=DefaultsHelp, add_help=add_help)
-    p.add_argument("--layers", type=cli.whole(1), default=48,
-                   help="Transformer layers; each has 2 residual sub-layers, so ω uses n = 2 * layers. "
-                        f"Deeper than {SHALLOW}, the unset --lr, --warmup and --steps follow the rule: "
-                        f"{LR_RULE}, warmup 100, steps 400")
-    p.add_argument("--arms", type=cli.comma_list(cli.one_of(ARMS), "arms"), default=["vanilla", "admin"],
-                   help=f"comma-separated residual kinds to compare, from {', '.join(ARMS)}")
-    add_schedule_flags(p, by_depth=True)
-    p.add_argument("--omega", choices=("closed", "profiled"), default="closed",
-                   help="admin arm: ω from the closed form, or profiled on the first batch (the paper)")
-    p.add_argument("--eval-every", type=cli.whole(1), default=20, help="steps between held-out evaluations")
-    p.add_argument("--cuda-graph", choices=("auto", "on", "off"), default="auto",
-                   help="replay each training step as one CUDA graph (auto: on with --device cuda); "
-                        "off trains eagerly, the reference")
-    cli.add_model_flags(p)
-    p.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
-    p.add_argument("--plot", metavar="PATH", help="write a PNG of the curves (needs matplotlib)")
-    return p
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = build_parser()
-    args = cli.finish(p, p.parse_args(argv))
-    if args.omega == "profiled" and "admin" not in args.arms:
-        p.error(f"argument --omega: profiled applies to the admin arm, which --arms={','.join(args.arms)} lacks")
-    fill_schedule(args)
-    return args
+    return results, None if trained is None else fold_error(trained, data.eval_input[: cfg.batch_size])
 
 
 def main(argv: list[str] | None = None) -> dict:
     """Run the demo as the command line asks; return what --json writes."""
-    args = parse_args(argv)
-    cli.start(args)
+    args, cfg = parse_command_line(argv)
+    cli.start(cfg)
     log = lambda line: print(line, flush=True)  # noqa: E731
-    config = cli.configuration(args)
-    log("configuration: " + ", ".join(f"{k}={v}" for k, v in config.items()))
+    log(cli.configuration_line(config.configuration(cfg)))
     start = time.perf_counter()
-    results, folded = run(args, log)
-    log(f"{summary(results, folded, args)}  ({time.perf_counter() - start:.1f}s in all)")
-    out = {"config": config, "arms": {r.arm: report.result_json(r) for r in results}, "fold_error": folded}
-    title = f"{args.layers}-layer models, {args.task} {args.digits} digits, seed {args.seed}"
+    results, folded = run(cfg, log)
+    log(report.the_end(results, folded, cfg, time.perf_counter() - start))
+    out = {"config": config.configuration(cfg), "arms": {r.arm: report.result_json(r) for r in results}, "fold_error": folded}
+    title = f"{cfg.layers}-layer models, {cfg.task} {cfg.digits} digits, seed {cfg.seed}"
     cli.write_outputs(args, out, lambda path: report.curves_png(
-        path, {r.arm: (r.history, r.verdict) for r in results}, CHANCE_LOSS, title), log)
+        path, {r.arm: (r.history, r.verdict) for r in results}, report.CHANCE_LOSS, title), log)
     return out
 
 
