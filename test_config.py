@@ -42,9 +42,10 @@ def test_every_script_trains_a_run_at_the_same_depth_as_the_demo(layers, schedul
     for script, cfgs in configs.items():
         assert cfgs == [demo], f"{script} configures another run than the demo:\n{cfgs}\n{demo}"
     assert stuck.arms == train_toy.parse_args([*depth, *SMALL]).arms, "bench --stuck trains the demo's arms"
-    losses = first_losses(demo)
-    for script, (cfg,) in configs.items():
-        assert first_losses(cfg) == losses, script  # the same configuration trains the same numbers
+    # Equal configurations train the same numbers: train_arm is a function of its configuration (the
+    # seed in it), so one script's run, trained again, stands for all three (each once: 3 s a run at 192)
+    grid_point = configs["sweep grid point"][0]
+    assert first_losses(grid_point) == first_losses(demo), "the same configuration trains the same numbers"
 
 
 def test_a_flag_given_wins_over_the_depth_and_the_reason_names_only_what_the_depth_set():
