@@ -319,11 +319,15 @@ def test_trace_refuses_what_it_cannot_fold():
                    r"embeddings=\{stack")
     shared = {model.transformer.encoder: [model.src_tok.weight, model.src_pos.weight],
               model.transformer.decoder: [model.tgt_tok.weight, model.src_pos.weight]}  # one position table
-    assert_refused(model, inputs, "'src_pos.weight' among the producers of two steps", embeddings=shared)
+    assert_refused(model, inputs, "'src_pos.weight' among the producers of two steps, so ω would be folded into "
+                   "it twice: give each stack its own embedding", embeddings=shared)
+    assert_refused(model, inputs, "embeddings were given for a Linear in which the pass called no OmegaResidual",
+                   embeddings={model.head: [model.src_tok.weight]})
     sinusoids = {model.transformer.encoder: [model.src_tok.weight, torch.randn(16, C, dtype=torch.float64)]}
     assert_refused(model, inputs, "no parameter or buffer of the model.*store.* as a buffer", embeddings=sinusoids)
     model.head.weight = model.tgt_tok.weight  # tied input and output embeddings
-    assert_refused(model, inputs, r"'tgt_tok.weight' is tied to 'head.weight'.*untie it first",
+    assert_refused(model, inputs, r"'tgt_tok.weight' is tied to 'head.weight' \(one tensor under two names\), so ω "
+                   r"would change both: untie it first, e.g. model.head.weight = nn.Parameter\(model.tgt_tok.weight",
                    embeddings=model.embeddings())
 
 
