@@ -85,9 +85,10 @@ def make_model(arm: str, cfg: TrainConfig) -> admin.PostLNTransformer:
 # ---------------------------------------------------------------------------------------------------
 
 
-def step_changes(model, step, batch, lr: float, idx: torch.Tensor, seed: int) -> dict:
-    """Take one real step; return {group: (real change, random-sign change)}, "all" included. The model
-    keeps the real step, so training can go on."""
+def step_changes(model, step, batch, lr: float, idx: torch.Tensor, seed: int,
+                 groups: tuple[str, ...] = GROUPS + ("all",)) -> dict:
+    """Take one real step; return {group: (real change, random-sign change)} for `groups` ("all": every
+    parameter at once). The model keeps the real step, so training can go on."""
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     step(*batch, lr)
     delta = {n: (p.detach() - before[n]).double() for n, p in model.named_parameters()}
@@ -101,7 +102,7 @@ def step_changes(model, step, batch, lr: float, idx: torch.Tensor, seed: int) ->
             p.copy_(before[n])
         base = ref.hidden(idx)
         out = {}
-        for group in GROUPS + ("all",):
+        for group in groups:
             pair = []
             for update in (delta, shuffled):
                 for n, p in params.items():

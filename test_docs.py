@@ -355,7 +355,7 @@ def deep_end_output(argv: list[str]) -> str:
         model = deep_end.make_model(first["arm"], cfg)
         data = train_toy.ToyData(args.task, args.digits, first["seed"], "cpu")
         live = deep_end.step_changes(model, train_toy.make_step(model, cfg), next(data.batches(args.batch_size)),
-                                     first["lr"], data.eval_input, first["seed"])
+                                     first["lr"], data.eval_input, first["seed"], groups=("all",))
         assert live["all"][0] == pytest.approx(first["changes"]["all"][0], rel=LIVE_CHECK_REL["one step"]), "kept steps are stale"
     return deep_end.render(kept["config"], kept, 0.0)
 

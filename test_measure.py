@@ -2,9 +2,6 @@
 
 import json
 import statistics
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -12,9 +9,7 @@ import cli
 import config
 import measure
 import train_toy
-from testing_tools import exit_2_error
-
-ROOT = Path(__file__).parent
+from testing_tools import exit_2_error, run_as_main
 
 
 def test_measure_shows_vanilla_changing_more_than_admin_at_depth(tmp_path, capsys):
@@ -57,9 +52,8 @@ def test_bad_input_exits_2_naming_the_flag(argv, words, capsys):
 
 
 def test_runs_on_its_own_from_the_command_line():
-    proc = subprocess.run([sys.executable, "measure.py", "--layers", "1,2", "--repeats", "1",
-                           "--d-model", "8", "--n-heads", "2", "--threads", "1"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("configuration: layers=[1, 2], arms=['vanilla', 'admin']")
-    assert "From 1 to 2 layers (2x the sub-layers) the median output change grew" in proc.stdout
+    code, out, err = run_as_main("measure.py", ["--layers", "1,2", "--repeats", "1", "--d-model", "8",
+                                                "--n-heads", "2", "--threads", "1"])
+    assert code == 0, err
+    assert out.startswith("configuration: layers=[1, 2], arms=['vanilla', 'admin']")
+    assert "From 1 to 2 layers (2x the sub-layers) the median output change grew" in out

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import subprocess
+import io
+import runpy
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -136,9 +138,27 @@ def exit_2_error(parse: Callable, argv: list[str], capsys) -> str:
     return err
 
 
+def run_as_main(script: str, argv: list[str]) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of `python SCRIPT ARGV`, run as __main__ in this process: runpy
+    executes the script's own `if __name__ == "__main__":` lines with sys.argv set, so no second
+    interpreter (and torch import, about 1.5 s) starts. An exception other than SystemExit is raised
+    here, as it would be a traceback on the command line. torch's thread count is restored."""
+    out, err, threads = io.StringIO(), io.StringIO(), torch.get_num_threads()
+    saved_argv, sys.argv = sys.argv, [script, *argv]
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            runpy.run_path(str(Path(__file__).parent / script), run_name="__main__")
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        sys.argv = saved_argv
+        torch.set_num_threads(threads)
+    return code, out.getvalue(), err.getvalue()
+
+
 def command_line_error(script: str, argv: list[str]) -> str:
-    """stderr of `python SCRIPT ARGV` run as a user runs it, checked to be exit 2 with no traceback."""
-    proc = subprocess.run([sys.executable, script, *argv], cwd=Path(__file__).parent,
-                          capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    return proc.stderr
+    """stderr of `python SCRIPT ARGV` (run_as_main), checked to be exit 2 with no traceback."""
+    code, _, err = run_as_main(script, argv)
+    assert code == 2 and "Traceback" not in err, err
+    return err
