@@ -105,10 +105,15 @@ def calculate_init(num_res_layers: int, output_change_scale: str = "O(logn)") ->
     """
     # whole_number (section 7): any integer kind, NumPy's too, as admin-torch accepts; else ValueError
     n = whole_number(num_res_layers, "num_res_layers", "residual sub-layers, e.g. 2 * n_layers")
+    return omega_formula(output_change_scale)(n)
+
+
+def omega_formula(output_change_scale: str) -> Callable[[int], float]:
+    """The formula of ω(N) for a scale name; a ValueError naming the allowed ones for any other."""
     if output_change_scale not in OMEGA_FORMULAS:
         raise ValueError(f"output_change_scale must be one of {sorted(OMEGA_FORMULAS)}, "
                          f"got {output_change_scale!r}")
-    return OMEGA_FORMULAS[output_change_scale](n)
+    return OMEGA_FORMULAS[output_change_scale]
 
 
 def deepnorm_alpha(n_layers: int) -> float:
@@ -211,7 +216,7 @@ class TransformerConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if self.residual not in RESIDUALS:
             raise ValueError(f"residual must be one of {RESIDUALS}, got {self.residual!r}")
-        calculate_init(2 * self.n_layers, self.output_change_scale)  # validates the scale name
+        omega_formula(self.output_change_scale)  # a known scale name, or a ValueError
 
 
 class SubLayer(NamedTuple):
@@ -577,13 +582,11 @@ def reader_inputs(module: nn.Module, name: str, args: tuple, kwargs: dict) -> li
     """(input, the weight rows that read it) for a module call a trace watches: nn.Linear,
     nn.MultiheadAttention (W_Q reads the query, W_K the key, W_V the value) and CausalSelfAttention."""
     if isinstance(module, nn.MultiheadAttention):
-        named = {**dict(zip(("query", "key", "value"), args)), **kwargs}
-        E = module.embed_dim
+        roles = ("query", "key", "value")
+        named, E = {**dict(zip(roles, args)), **kwargs}, module.embed_dim
         if module.in_proj_weight is not None:  # Q, K, V stacked: rows 0:E, E:2E, 2E:3E
-            rows = [Rows(f"{name}.in_proj_weight", j * E, (j + 1) * E) for j in range(3)]
-        else:
-            rows = [Rows(f"{name}.{p}_proj_weight") for p in "qkv"]
-        return [(named[role], r) for role, r in zip(("query", "key", "value"), rows)]
+            return [(named[r], Rows(f"{name}.in_proj_weight", j * E, (j + 1) * E)) for j, r in enumerate(roles)]
+        return [(named[role], Rows(f"{name}.{role[0]}_proj_weight")) for role in roles]  # kdim, vdim != E
     weight = "weight" if isinstance(module, nn.Linear) else "in_proj_weight"
     return [(args[0] if args else kwargs["input"], Rows(f"{name}.{weight}"))]
 
@@ -621,7 +624,7 @@ class Trace:
             self.read_by.setdefault(storage_key(t), []).append(rows)
 
     def residual(self, module: OmegaResidual, args: tuple, kwargs: dict) -> None:
-        x = {**dict(zip(("x", "f_x"), args)), **kwargs}["x"]
+        x = args[0] if args else kwargs["x"]  # forward(x, f_x), maybe called by keyword
         if any(module is m for m, _ in self.calls):
             raise ValueError(called_twice_message("fold", self.names[module]))
         self.kept.append(x)
@@ -631,7 +634,7 @@ class Trace:
 def state_names(model: nn.Module) -> dict[tuple, list[str]]:
     """storage_key -> every state-dict name of that tensor (two or more: tied)."""
     names = {}
-    for name, t in model.state_dict(keep_vars=True).items():
+    for name, t in model.state_dict().items():
         names.setdefault(storage_key(t), []).append(name)
     return names
 
@@ -700,7 +703,7 @@ def fold_plan(model: nn.Module, *inputs, embeddings: dict[nn.Module, list[Tensor
 
 def merged_rows(rows: list[Rows], model: nn.Module) -> tuple[Rows, ...]:
     """Each weight once, in call order; adjacent row ranges of one weight joined (Q, K, V → all)."""
-    state, out = model.state_dict(keep_vars=True), []
+    state, out = model.state_dict(), []
     for r in dict.fromkeys(rows):
         if out and out[-1].name == r.name and out[-1].stop == r.start:
             r = Rows(r.name, out.pop().start, r.stop)
@@ -711,7 +714,7 @@ def merged_rows(rows: list[Rows], model: nn.Module) -> tuple[Rows, ...]:
 def check_plan(model: nn.Module, plan: list[FoldStep]) -> None:
     """Refuse, before any work, a plan that names a residual or tensor the model does not have, folds
     one residual twice, scales one tensor in two steps, or scales a tensor tied to another."""
-    state, tied_names = model.state_dict(keep_vars=True), state_names(model)
+    state, tied_names = model.state_dict(), state_names(model)
     residuals = {name for name, m in model.named_modules() if isinstance(m, OmegaResidual)}
     folded = [step.residual for step in plan]
     for name in folded:
@@ -739,9 +742,9 @@ def check_plan(model: nn.Module, plan: list[FoldStep]) -> None:
 
 def apply_plan(model: nn.Module, plan: list[FoldStep]) -> None:
     """fold_omega for every step, then ω_i = 1: the shortcut is plain x_{i-1} + f_i(x_{i-1})."""
-    state = model.state_dict(keep_vars=True)
+    state = model.state_dict()
 
-    def view(rows: Rows) -> Tensor:  # the rows themselves, so fold_omega changes them in place
+    def view(rows: Rows) -> Tensor:  # state_dict() shares the model's memory: fold_omega edits it in place
         return state[rows.name][rows.start:rows.stop]
 
     for step in plan:
@@ -832,7 +835,7 @@ def fold(model: nn.Module, *inputs, embeddings: dict[nn.Module, list[Tensor]] | 
         raise ValueError(f"fold: the folded outputs moved by {change:.1e} (relative), more than float64 "
                          f"rounding allows ({FOLD_BOUND:.0e}); {first_bad_step(model, plan, inputs64, kwargs64)}. "
                          "The model is unchanged")
-    state, folded = model.state_dict(keep_vars=True), copy64.state_dict()
+    state, folded = model.state_dict(), copy64.state_dict()
     for name in {rows.name for step in plan for rows in (*step.producers, *step.readers)}:
         state[name].copy_(folded[name])  # one rounding to the model's dtype
     for step in plan:

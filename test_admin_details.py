@@ -2,6 +2,7 @@
 each test names the claim, and the mutant it kills is in its docstring."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -93,3 +94,39 @@ def test_embed_takes_a_sequence_of_exactly_max_len_and_refuses_a_longer_one():
     assert model(torch.zeros(1, 16, dtype=torch.long)).shape == (1, 16, 11)
     with pytest.raises(ValueError, match="sequence length 17 exceeds max_len=16"):
         model(torch.zeros(1, 17, dtype=torch.long))
+
+
+@pytest.mark.parametrize("call, want", [
+    (lambda: admin.calculate_init(0), "num_res_layers must be a whole number >= 1 (residual sub-layers, e.g. "
+                                      "2 * n_layers), got num_res_layers=0"),
+    (lambda: admin.omega_vector(2.0, None), "embed_dim must be a whole number >= 1 (the feature size; a "
+                                            "trainable ω vector needs it), got embed_dim=None")])
+def test_a_bad_count_is_refused_saying_what_it_counts(call, want):
+    """Kills: calculate_init's or omega_vector's refusal without (or with another) meaning of the count."""
+    with pytest.raises(ValueError, match=f"^{re.escape(want)}$"):
+        call()
+
+
+def test_x_0_is_the_token_embedding_plus_the_position_embedding():
+    """Kills: x_0 = tok − pos (any sign or mix of the two tables)."""
+    torch.manual_seed(0)
+    model = admin.PostLNTransformer(tiny_config())
+    idx = torch.randint(11, (2, 5))
+    want = model.tok_emb.weight[idx] + model.pos_emb.weight[:5]
+    assert torch.equal(model.embed(idx), want)
+
+
+@pytest.mark.parametrize("dropout, ok", [(0.0, True), (0.999, True), (1.0, False), (-0.1, False)])
+def test_dropout_is_a_probability_below_one(dropout, ok):
+    """Kills: dropout = 1 accepted (every activation dropped: the model trains on zeros)."""
+    if ok:
+        assert tiny_config(dropout=dropout).dropout == dropout
+    else:
+        with pytest.raises(ValueError, match=re.escape(f"dropout must be in [0, 1), got {dropout!r}")):
+            tiny_config(dropout=dropout)
+
+
+def test_an_unknown_scale_is_refused_when_the_config_is_made():
+    """TransformerConfig checks its output_change_scale at once, not when the first block is built."""
+    with pytest.raises(ValueError, match=r"output_change_scale must be one of .*got 'O\(log n\)'"):
+        tiny_config(output_change_scale="O(log n)")

@@ -1,6 +1,7 @@
 """One training configuration (config.py): every script builds its runs' configurations the same way,
 so the demo, a sweep grid point, a deep_end watched run and a bench run at the same depth train alike."""
 
+import argparse
 import dataclasses
 
 import pytest
@@ -61,3 +62,14 @@ def test_a_script_without_a_flag_trains_with_the_demos_default():
     evaluations, eager steps."""
     _, cfg = bench.parse_args(SMALL)
     assert (cfg.omega, cfg.eval_every, cfg.cuda_graph) == ("closed", config.EVAL_EVERY, False)
+
+
+@pytest.mark.parametrize("layers", [48, 192])
+def test_a_command_line_without_schedule_flags_trains_on_the_schedule_of_its_depth(layers):
+    """Kills: a setting that the command line lacks taken as dataclasses' MISSING instead of unset
+    (None), so the depth's schedule is not filled in. measure.py, for one, has no --steps, --lr or
+    --warmup: its models train (deep_end, the docs' live checks) on the schedule of their depth."""
+    given = vars(config.build_parser().parse_args(["--device", "cpu"]))
+    args = argparse.Namespace(**{k: v for k, v in given.items() if k not in ("steps", "lr", "warmup")})
+    cfg = config.train_config(args, layers=layers)
+    assert {k: getattr(cfg, k) for k in ("steps", "lr", "warmup")} == config.schedule_for(layers)

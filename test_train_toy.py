@@ -1,7 +1,6 @@
 """Tests for the depth demo, train_toy.py: tiny models, a few steps each."""
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import torch
 import config
 import report
 import train_toy
-from testing_tools import TINY_RUN, command_line_error, exit_2_error
+from testing_tools import TINY_RUN, command_line_error, exit_2_error, run_as_main
 
 ROOT = Path(__file__).parent
 TINY = ["--layers", "1", *TINY_RUN]
@@ -42,6 +41,26 @@ def test_every_stream_of_batches_is_the_same_so_every_arm_trains_on_the_same_dat
     assert not torch.equal(a[0], a[1]), "the stream repeats one batch"
 
 
+def test_digits_are_0_to_9_and_every_batch_asks_for_the_task():
+    """Kills: a digit 10 (the separator's token) drawn; a batch or the held-out set made for another
+    task than the data's (reverse: the answer is the prompt reversed)."""
+    digits = train_toy.digit_strings(2000, 1, torch.Generator().manual_seed(0))
+    assert set(digits.flatten().tolist()) == set(range(10))  # P(a digit missing) < 10 · 0.9^2000
+    data = train_toy.ToyData("reverse", digits=3, seed=0)
+    for inp, target in [next(data.batches(8)), (data.eval_input, data.eval_target)]:
+        assert torch.equal(target[:, 3:], inp[:, :3].flip(1)), "not the reversed prompt"
+
+
+def test_seed_0_holds_out_the_strings_the_kept_demo_was_evaluated_on():
+    """Kills: the held-out set drawn otherwise (more or fewer candidates, digits read back wrongly).
+    results/demo_48.json, written by the real 48-layer run, lists its first three held-out examples."""
+    kept = json.loads((ROOT / "results/demo_48.json").read_text())["arms"]["admin"]["examples"]
+    data = train_toy.ToyData("reverse", digits=6, seed=0)
+    for k, line in enumerate(kept):
+        asked, expected = (" ".join(map(str, t.tolist())) for t in (data.eval_input[k, :6], data.eval_target[k, 6:]))
+        assert line.startswith(f"reversed {asked} -> expected {expected}, "), (k, line)
+
+
 def test_held_out_strings_are_a_fair_sample():
     """Every digit position of the held-out set averages about 4.5, as uniform digits do."""
     data = train_toy.ToyData("copy", digits=6, seed=0)
@@ -53,10 +72,9 @@ def test_held_out_strings_are_a_fair_sample():
 
 def test_tiny_end_to_end_run_through_the_command_line(tmp_path):
     out = tmp_path / "run.json"
-    proc = subprocess.run([sys.executable, "train_toy.py", *TINY, "--json", str(out)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("configuration: layers=1, arms=['vanilla', 'admin'], steps=6")
+    code, stdout, stderr = run_as_main("train_toy.py", [*TINY, "--json", str(out)])
+    assert code == 0, stderr
+    assert stdout.startswith("configuration: layers=1, arms=['vanilla', 'admin'], steps=6")
     result = json.loads(out.read_text())
     assert result["config"]["layers"] == 1 and result["config"]["threads"] == 1
     assert set(result["arms"]) == {"vanilla", "admin"}
@@ -66,8 +84,8 @@ def test_tiny_end_to_end_run_through_the_command_line(tmp_path):
         assert 0.0 <= arm["accuracy"] <= 1.0 and arm["diverged"] is False and arm["diverged_at"] is None
         assert [h[0] for h in arm["history"]] == [0, 3, 6] and arm["steps"] == 6
         assert arm["history"][-1][1:] == [arm["final_loss"], arm["accuracy"]]
-    assert "summary" in proc.stdout and "held-out examples" in proc.stdout
-    assert "plain Post-LN, same logits (relative error < 1e-04: float32 rounding)" in proc.stdout
+    assert "summary" in stdout and "held-out examples" in stdout
+    assert "plain Post-LN, same logits (relative error < 1e-04: float32 rounding)" in stdout
 
 
 def test_same_seed_gives_identical_histories(capsys):

@@ -61,7 +61,7 @@ def digit_strings(n: int, digits: int, gen: torch.Generator) -> torch.Tensor:
 
 def string_codes(strings: torch.Tensor) -> torch.Tensor:
     """Each digit string as one integer, for set membership (digits <= 16 fits in int64)."""
-    return (strings * 10 ** torch.arange(strings.size(1), dtype=torch.long)).sum(1)
+    return (strings * 10 ** torch.arange(strings.size(1))).sum(1)  # arange of ints: int64
 
 
 def to_example(strings: torch.Tensor, task: str) -> tuple[torch.Tensor, torch.Tensor]:
