@@ -156,8 +156,8 @@ def test_the_called_twice_refusal_names_each_cause_and_the_fix():
 class Unusual(nn.Module):
     """Two Post-LN sub-layers of the less common shapes a trace must read: RMSNorms (a weight, no bias)
     make x_0 and x_1; a Linear called by keyword (input=) reads x_0; the residuals are called by keyword
-    (x=, f_x=); a cross-attention whose memory has its own width (kdim = vdim = 6: separate q_proj,
-    k_proj and v_proj weights, of which only W_Q reads x_1)."""
+    (x=, f_x=); a cross-attention, called by keyword too, whose memory has its own width (kdim = vdim
+    = 6: separate q_proj, k_proj and v_proj weights, of which only W_Q reads x_1)."""
 
     def __init__(self):
         super().__init__()
@@ -169,13 +169,15 @@ class Unusual(nn.Module):
     def forward(self, x, memory):
         x = self.n0(x)
         x = self.n1(self.res1(x=x, f_x=self.lin(input=x)))
-        return self.n2(self.res2(x, self.cross(x, memory, memory, need_weights=False)[0]))
+        attended = self.cross(query=x, key=memory, value=memory, need_weights=False)[0]
+        return self.n2(self.res2(x, attended))
 
 
 def test_fold_reads_rmsnorms_keyword_calls_and_separate_q_k_v_weights():
     """Kills: a norm without a bias attribute read with getattr(…) and no default; a keyword input of
-    a Linear ignored; the residual's keyword x ignored; separate q/k/v weights named wrongly or not
-    at all; the in_proj path reading a fourth block of rows."""
+    a Linear or of nn.MultiheadAttention (query=, key=, value=) ignored; the residual's keyword x
+    ignored; separate q/k/v weights named wrongly or not at all; the in_proj path reading a fourth
+    block of rows."""
     torch.manual_seed(0)
     model, x, memory = Unusual(), torch.randn(2, 3, C), torch.randn(2, 5, 6)
     plan = admin.fold_plan(model, x, memory)

@@ -51,6 +51,15 @@ def test_digits_are_0_to_9_and_every_batch_asks_for_the_task():
         assert torch.equal(target[:, 3:], inp[:, :3].flip(1)), "not the reversed prompt"
 
 
+def test_a_string_code_is_the_digits_read_as_one_number():
+    """Kills: a code that two strings share (digit k weighted 10·k instead of 10^k): the held-out
+    set would then clash with training strings it does not equal."""
+    codes = train_toy.string_codes(torch.tensor([[3, 1, 4], [0, 0, 9], [9, 0, 0]]))
+    assert codes.tolist() == [3 + 10 * 1 + 100 * 4, 900, 9]  # digit k weighs 10**k
+    every = torch.cartesian_prod(*[torch.arange(10)] * 3)  # all 1000 strings of 3 digits
+    assert len(torch.unique(train_toy.string_codes(every))) == 1000, "two strings share a code"
+
+
 def test_seed_0_holds_out_the_strings_the_kept_demo_was_evaluated_on():
     """Kills: the held-out set drawn otherwise (more or fewer candidates, digits read back wrongly).
     results/demo_48.json, written by the real 48-layer run, lists its first three held-out examples."""
