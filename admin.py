@@ -585,7 +585,8 @@ def reader_inputs(module: nn.Module, name: str, args: tuple, kwargs: dict) -> li
         roles = ("query", "key", "value")
         named, E = {**dict(zip(roles, args)), **kwargs}, module.embed_dim
         if module.in_proj_weight is not None:  # Q, K, V stacked: rows 0:E, E:2E, 2E:3E
-            return [(named[r], Rows(f"{name}.in_proj_weight", j * E, (j + 1) * E)) for j, r in enumerate(roles)]
+            return [(named[role], Rows(f"{name}.in_proj_weight", j * E, (j + 1) * E))
+                    for j, role in enumerate(roles)]
         return [(named[role], Rows(f"{name}.{role[0]}_proj_weight")) for role in roles]  # kdim, vdim != E
     weight = "weight" if isinstance(module, nn.Linear) else "in_proj_weight"
     return [(args[0] if args else kwargs["input"], Rows(f"{name}.{weight}"))]

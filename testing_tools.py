@@ -150,7 +150,7 @@ def run_as_main(script: str, argv: list[str]) -> tuple[int, str, str]:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             runpy.run_path(str(Path(__file__).parent / script), run_name="__main__")
     except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
+        code = 0 if exit_.code is None else exit_.code if isinstance(exit_.code, int) else 1  # as Python exits
     finally:
         sys.argv = saved_argv
         torch.set_num_threads(threads)
