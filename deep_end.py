@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import math
 import statistics
 import time
@@ -91,6 +92,13 @@ def step_changes(model, step, batch, lr: float, idx: torch.Tensor, seed: int,
     parameter at once). The model keeps the real step, so training can go on."""
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     step(*batch, lr)
+    return changes_since(before, model, idx, seed, groups)
+
+
+def changes_since(before: dict, model, idx: torch.Tensor, seed: int,
+                  groups: tuple[str, ...] = GROUPS + ("all",)) -> dict:
+    """step_changes' measurement of the update from the parameters `before` (name -> tensor) to the
+    model's own: for each group, the output change of that update and of |update| with random signs."""
     delta = {n: (p.detach() - before[n]).double() for n, p in model.named_parameters()}
     gen = torch.Generator().manual_seed(seed)
     shuffled = {n: d.abs() * (torch.randint(2, d.shape, generator=gen).double() * 2 - 1)
@@ -117,21 +125,34 @@ def run_step(args, log) -> list[dict]:
     for layers in args.layers:
         for arm in args.arms:
             for seed in range(args.seed, args.seed + args.repeats):
-                cfg = config.train_config(args, layers=layers, arms=[arm], seed=seed)
-                model = make_model(arm, cfg)
-                data = train_toy.ToyData(cfg.task, cfg.digits, seed, cfg.device)
-                step, batches = train_toy.make_step(model, cfg), data.batches(cfg.batch_size)
-                idx = data.eval_input
-                for i in range(cfg.warmup):
-                    lr = cfg.lr * train_toy.lr_factor(i, cfg.warmup, cfg.steps)
-                    if i in (0, cfg.warmup - 1):
-                        when = "first" if i == 0 else "peak"
-                        rows.append({"arm": arm, "layers": layers, "seed": seed, "when": when, "lr": lr,
-                                     "changes": step_changes(model, step, next(batches), lr, idx, seed)})
-                    else:
-                        step(*next(batches), lr)
+                rows += warm_up_steps(config.train_config(args, layers=layers, arms=[arm], seed=seed))
             log(step_line(rows, arm, layers))
     return rows
+
+
+def warm_up_steps(cfg: TrainConfig) -> list[dict]:
+    """The first and the peak step of cfg's warm-up, measured by changes_since: the run trained by
+    train_toy.train_arm for its warm-up steps alone (a warm-up's learning rates do not depend on the
+    budget), a watch keeping the parameters before each measured step and measuring after it."""
+    arm, seed = cfg.arms[0], cfg.seed
+    data = train_toy.ToyData(cfg.task, cfg.digits, seed, cfg.device)
+    measured, before, rows = {0: "first", cfg.warmup - 1: "peak"}, {}, {}
+
+    def row(i: int, changes: dict) -> dict:
+        return {"arm": arm, "layers": cfg.layers, "seed": seed, "when": measured[i],
+                "lr": cfg.lr * train_toy.lr_factor(i, cfg.warmup, cfg.steps), "changes": changes}
+
+    def watch(i: int, model) -> None:  # model: as after i steps
+        if i - 1 in before:
+            rows[i - 1] = row(i - 1, changes_since(before.pop(i - 1), model, data.eval_input, seed))
+        if i in measured:
+            before[i] = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    warm_up = dataclasses.replace(cfg, steps=cfg.warmup, eval_every=cfg.warmup)
+    train_toy.train_arm(arm, warm_up, data, lambda line: None, model=make_model(arm, cfg), watch=watch,
+                        until_solved=False)
+    not_reached = {g: [math.nan, math.nan] for g in GROUPS + ("all",)}  # the loss went non-finite first
+    return [rows.get(i) or row(i, not_reached) for i in measured]
 
 
 def step_line(rows: list[dict], arm: str, layers: int) -> str:
@@ -158,7 +179,7 @@ def five(values: list[float]) -> list[float]:
 @torch.no_grad()
 def snapshot(model, data, hidden0, omega0) -> dict:
     """What one record holds; the gradients are those of the last step."""
-    ln_rms, entropy = [], []
+    ln_rms, entropy, hidden = [], [], []  # hidden: the last layer's output, as the head reads it
 
     def norm_input(module, inputs):
         ln_rms.append(inputs[0].pow(2).mean().sqrt().item())
@@ -177,16 +198,15 @@ def snapshot(model, data, hidden0, omega0) -> dict:
     hooks = [m.register_forward_pre_hook(norm_input) for m in model.modules()
              if isinstance(m, torch.nn.LayerNorm)]
     hooks += [b.self_attn.register_forward_pre_hook(attention_entropy) for b in model.blocks]
+    hooks.append(model.head.register_forward_pre_hook(lambda module, inputs: hidden.append(inputs[0])))
     loss, acc, _ = train_toy.evaluate(model, data)
     for hook in hooks:
         hook.remove()
-    hidden = model.eval().hidden(data.eval_input)
-    model.train()
     grads = [math.sqrt(sum(p.grad.pow(2).sum().item() for p in b.parameters() if p.grad is not None))
              for b in model.blocks]
     omegas = [s.shortcut.omega for s in model.sublayers() if hasattr(s.shortcut, "omega")]
     drift = [((w - w0).norm() / w0.norm()).item() for w, w0 in zip(omegas, omega0)]
-    return {"loss": loss, "accuracy": acc, "change": relative_change(hidden, hidden0), "ln_input_rms": five(ln_rms),
+    return {"loss": loss, "accuracy": acc, "change": relative_change(hidden[0], hidden0), "ln_input_rms": five(ln_rms),
             "grad_norm": five(grads), "grad_first_last": [grads[0], grads[-1]],
             "omega_drift": statistics.median(drift) if drift else 0.0, "attention_entropy": five(entropy)}
 

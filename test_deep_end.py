@@ -78,6 +78,41 @@ def test_a_real_step_is_measured_as_the_change_it_makes_and_kept():
     assert changes["head"] == [0.0, 0.0], changes["head"]
 
 
+@pytest.mark.parametrize("arm", ["admin", "admin-beta"])  # a variant: deep_end's model, not train_toy's
+def test_the_measured_steps_are_the_first_and_the_peak_step_of_the_full_run(arm):
+    """step's two rows, measured a second way: the first step taken on a fresh model by step_changes;
+    the peak step as the run with its whole budget (train_arm, 30 steps, not the warm-up alone) takes
+    it, stopped right after it."""
+    cfg = config.TrainConfig(**{**vars(tiny(arm, 2)), "warmup": 4, "steps": 30})
+    first, peak = deep_end.warm_up_steps(cfg)
+    data = train_toy.ToyData(cfg.task, cfg.digits, cfg.seed, cfg.device)
+    model = deep_end.make_model(arm, cfg)
+    want_first = deep_end.step_changes(model, train_toy.make_step(model, cfg), next(data.batches(cfg.batch_size)),
+                                       cfg.lr / cfg.warmup, data.eval_input, cfg.seed)
+    before_peak = {}
+
+    def stop_after_the_peak(i, model):
+        if i == cfg.warmup - 1:
+            before_peak.update({n: p.detach().clone() for n, p in model.named_parameters()})
+        if i == cfg.warmup:
+            raise KeyboardInterrupt  # train_arm keeps what ran, as on Ctrl-C
+    full = train_toy.train_arm(arm, cfg, data, lambda line: None, model=deep_end.make_model(arm, cfg),
+                               watch=stop_after_the_peak, until_solved=False)
+    assert full.steps == cfg.warmup
+    want_peak = deep_end.changes_since(before_peak, full.model, data.eval_input, cfg.seed)
+    assert (first["when"], first["lr"], peak["when"], peak["lr"]) == ("first", cfg.lr / 4, "peak", cfg.lr)
+    assert first["changes"] == want_first and peak["changes"] == want_peak
+    assert want_first["all"][0] != want_peak["all"][0]
+
+
+def test_a_warm_up_that_diverges_gives_both_rows_the_peak_not_a_number(capsys):
+    out = deep_end.main(["step", "--layers", "2", "--arms", "admin", "--warmup", "2", "--lr", "1e38",
+                         "--repeats", "1", *TINY])
+    assert [r["when"] for r in out["steps"]] == ["first", "peak"]
+    assert all(v != v for pair in out["steps"][1]["changes"].values() for v in pair), out["steps"][1]
+    assert "peak: nan (random nan)" in capsys.readouterr().out
+
+
 def test_watch_records_every_few_steps_and_says_whether_it_learned(capsys):
     out = deep_end.main(["watch", "--layers", "1", "--arms", "admin,deepnorm", "--steps", "6",
                          "--every", "3", "--warmup", "2", "--repeats", "2", *TINY])
