@@ -1,6 +1,7 @@
 """Tests for deep_end.py, the measurements of the deep end: tiny models, a few steps."""
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -83,7 +84,7 @@ def test_the_measured_steps_are_the_first_and_the_peak_step_of_the_full_run(arm)
     """step's two rows, measured a second way: the first step taken on a fresh model by step_changes;
     the peak step as the run with its whole budget (train_arm, 30 steps, not the warm-up alone) takes
     it, stopped right after it."""
-    cfg = config.TrainConfig(**{**vars(tiny(arm, 2)), "warmup": 4, "steps": 30})
+    cfg = dataclasses.replace(tiny(arm, 2), warmup=4, steps=30)
     first, peak = deep_end.warm_up_steps(cfg)
     data = train_toy.ToyData(cfg.task, cfg.digits, cfg.seed, cfg.device)
     model = deep_end.make_model(arm, cfg)
