@@ -34,7 +34,7 @@ import config
 import deep_end
 import measure
 import report
-import stock_layers_example
+from examples import stock_layers as stock_layers_example
 import sweep
 import train_toy
 
@@ -231,7 +231,7 @@ def test_code_points_to_tutorial_sections_that_exist(path):
 # ---------------------------------------------------------------------------------------------------
 
 TIMING = [(re.compile(r"\d+\.\ds\b"), "#s"),  # "12.5s", "(24.7s in all)"
-          (re.compile(r"\(\d+s in all\)"), "(#s in all)"),  # stock_layers_example.py: whole seconds
+          (re.compile(r"\(\d+s in all\)"), "(#s in all)"),  # examples/stock_layers.py: whole seconds
           (re.compile(r"\btorch[= ]\S+"), "torch #"), (re.compile(r"device=.*?(?=, \w+=)"), "device=#"),
           (re.compile(r"^((?:vanilla|admin|preln)\s+\d+\s.*?)\s+(?:\d+\.\d|nan)\s+(?:\d+\.\d|nan)$", re.M),
            r"\1 # #"),  # a summary row's seconds and ms/step
@@ -452,7 +452,7 @@ def stock_layers_output(argv: list[str]) -> str:
 
 RENDER = {"train_toy.py": demo_output, "measure.py": measure_output, "sweep.py": sweep_output,
           "bench.py": bench_output, "deep_end.py": deep_end_output,
-          "stock_layers_example.py": stock_layers_output}
+          "examples.stock_layers": stock_layers_output}
 
 
 def shell_outputs(path: Path) -> list[tuple[str, str]]:
@@ -475,8 +475,9 @@ def rendered(commands: str) -> str:
     outputs = []
     for line in commands.strip().splitlines():
         argv = shlex.split(line.split("&&")[-1].split("#")[0])
-        assert argv[0] == "python" and argv[1] in RENDER, f"no renderer for the command {line!r}"
-        outputs.append(RENDER[argv[1]](argv[2:]))
+        program, args = (argv[2], argv[3:]) if argv[1:2] == ["-m"] else (argv[1], argv[2:])
+        assert argv[0] == "python" and program in RENDER, f"no renderer for the command {line!r}"
+        outputs.append(RENDER[program](args))
     return "\n".join(outputs)
 
 

@@ -8,7 +8,7 @@ state_dict, less its ω entries, loads into PyTorch's own layer. tutorial.md wal
 tests check every step, and run this example:
 
     >>> import torch, admin
-    >>> from seq2seq_example import Seq2Seq, fold
+    >>> from examples.seq2seq import Seq2Seq, fold
     >>> model = Seq2Seq(vocab_size=12, d_model=32, n_heads=4, d_ff=64, n_encoder=2, n_decoder=2)
     >>> src, tgt = torch.randint(12, (8, 10)), torch.randint(12, (8, 9))  # token ids (B, S), (B, T)
     >>> stacks = [model.encoder, model.decoder]  # each stack counts its own sub-layers

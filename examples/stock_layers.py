@@ -1,7 +1,7 @@
 """Does Admin matter for PyTorch's own layers? The demo's task on 48 stock nn.TransformerEncoderLayer.
 
-    python stock_layers_example.py                  # 48 layers: torch's init and Xavier, 3 arms each
-    python stock_layers_example.py --layers 6 --json results/stock_layers_6.json
+    python -m examples.stock_layers                  # 48 layers: torch's init and Xavier, 3 arms each
+    python -m examples.stock_layers --layers 6 --json results/stock_layers_6.json
 
 The demo (train_toy.py) trains our own PostLNTransformer. Here the model is what most people have: token
 and position embeddings, torch.nn.TransformerEncoder of `--layers` layers under a causal mask, a

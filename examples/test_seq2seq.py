@@ -1,5 +1,5 @@
 """Admin in a model that is not ours: profile_omega and fold_omega on the encoder–decoder of
-seq2seq_example.py (Post-LN layers built from torch parts and admin.OmegaResidual)."""
+examples/seq2seq.py (Post-LN layers built from torch parts and admin.OmegaResidual)."""
 
 import copy
 import doctest
@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import admin
-import seq2seq_example as s2s
+from examples import seq2seq as s2s
 from testing_tools import fold_error, rel_err, shortcut_inputs, train_steps
 
 VOCAB = 13
