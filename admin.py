@@ -42,7 +42,7 @@ Or use the small causal Transformer below, profile ω on a batch, train, and fol
 Your own model works the same way: profile_omega(model, *inputs, stacks=[...]) sets every
 OmegaResidual it meets in the forward pass, and fold(model, *inputs) folds every ω, checks on those
 inputs that the outputs did not move, and returns a state dict without ω. PyTorch's own layers with ω
-are TransformerEncoderLayer and TransformerDecoderLayer below (section 8): change the class name, add
+are TransformerEncoderLayer and TransformerDecoderLayer below (section 6): change the class name, add
 num_res_layers, and the folded weights load strictly into torch's classes (tutorial.md Section 14).
 
 Tensor dimensions, used in shape comments: B batch, T sequence length, C d_model, V vocab_size.
@@ -97,23 +97,31 @@ OMEGA_FORMULAS: dict[str, Callable[[int], float]] = {
 }
 
 
-def calculate_init(num_res_layers: int, output_change_scale: str = "O(logn)") -> float:
-    """ω for a stack of `num_res_layers` residual sub-layers (N = 2 × layers for attention + FFN).
-
-    output_change_scale: "O(n)" (ω = 1), "O(logn)" or "default" (ω = sqrt((N+1)/ln(N+1) − 1)),
-    or "O(1)" (ω = sqrt(N)). The same values as the admin-torch 0.1.0 package.
-    """
-    # whole_number (section 7): any integer kind, NumPy's too, as admin-torch accepts; else ValueError
-    n = whole_number(num_res_layers, "num_res_layers", "residual sub-layers, e.g. 2 * n_layers")
-    return omega_formula(output_change_scale)(n)
-
-
 def omega_formula(output_change_scale: str) -> Callable[[int], float]:
     """The formula of ω(N) for a scale name; a ValueError naming the allowed ones for any other."""
     if output_change_scale not in OMEGA_FORMULAS:
         raise ValueError(f"output_change_scale must be one of {sorted(OMEGA_FORMULAS)}, "
                          f"got {output_change_scale!r}")
     return OMEGA_FORMULAS[output_change_scale]
+
+
+def whole_number(value, name: str, meaning: str) -> int:
+    """`value` as an int >= 1. Like admin-torch, accepts any integer type (NumPy's too) and integral
+    floats such as 24.0; rejects bools, fractions, strings and values < 1."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value).is_integer():
+        if value >= 1:
+            return int(value)
+    raise ValueError(f"{name} must be a whole number >= 1 ({meaning}), got {name}={value!r}")
+
+
+def calculate_init(num_res_layers: int, output_change_scale: str = "O(logn)") -> float:
+    """ω for a stack of `num_res_layers` residual sub-layers (N = 2 × layers for attention + FFN).
+
+    output_change_scale: "O(n)" (ω = 1), "O(logn)" or "default" (ω = sqrt((N+1)/ln(N+1) − 1)),
+    or "O(1)" (ω = sqrt(N)). The same values as the admin-torch 0.1.0 package.
+    """
+    n = whole_number(num_res_layers, "num_res_layers", "residual sub-layers, e.g. 2 * n_layers")
+    return omega_formula(output_change_scale)(n)
 
 
 def deepnorm_alpha(n_layers: int) -> float:
@@ -540,7 +548,87 @@ def reparameterize(model: PostLNTransformer) -> PostLNTransformer:
 
 
 # ---------------------------------------------------------------------------------------------------
-# 6. A fold that checks itself: every ω of any model, its plan read off one forward pass
+# 6. PyTorch's own layers with ω: change the class name, keep every argument
+#
+# Both lean on torch's private branch methods _sa_block, _mha_block and _ff_block (each returns
+# f_i(x_{i-1}) with its dropout), so the masks, is_causal, activation and batch_first behave exactly as
+# in torch's layers; .ci/torch-range runs their tests at both ends of our torch range.
+# ---------------------------------------------------------------------------------------------------
+
+
+def refuse_pre_ln(layer: nn.Module) -> None:
+    if layer.norm_first:
+        raise ValueError(f"{type(layer).__name__}: norm_first=True builds Pre-LN, and Admin scales Post-LN "
+                         "shortcuts: use norm_first=False (torch's default)")
+
+
+class TransformerEncoderLayer(nn.TransformerEncoderLayer):
+    """torch.nn.TransformerEncoderLayer, Post-LN, with Admin's ω on both shortcuts:
+
+        x = LN(ω_1 ⊙ x + SelfAttention(x)),   then   x = LN(ω_2 ⊙ x + FFN(x))
+
+    Takes torch's arguments, plus (keyword-only) num_res_layers: the sub-layers of the whole stack, 2 per
+    encoder layer, for calculate_init; output_change_scale as there; as_parameter: True (default) for
+    the paper's trainable vector ω, False for admin-torch's fixed scalar. The state dict is torch's
+    plus res1.omega and res2.omega, so once fold() has folded ω the rest loads with strict=True into
+    torch's layer. Inside nn.TransformerEncoder's nested-tensor path (eval mode with a padding mask) it
+    pads, runs, and nests again.
+    """
+
+    def __init__(self, *args, num_res_layers: int, output_change_scale: str = "default",
+                 as_parameter: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        refuse_pre_ln(self)
+        C = self.linear1.in_features
+        omega = calculate_init(num_res_layers, output_change_scale)
+        self.res1, self.res2 = (OmegaResidual(omega, as_parameter, C) for _ in range(2))
+
+    def forward(self, src: Tensor, src_mask: Tensor | None = None,
+                src_key_padding_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
+        if src.is_nested:  # ω ⊙ x needs a dense tensor: pad, mask the padding, nest the result again
+            lengths = [t.size(0) for t in src.unbind()]
+            x = src.to_padded_tensor(0.0)  # (B, T, C)
+            padding = torch.arange(x.size(1), device=x.device) >= torch.tensor(lengths, device=x.device)[:, None]
+            y = self.forward(x, src_mask, padding, is_causal)  # padding: (B, T), True where padded
+            return torch.nested.nested_tensor([y[b, :n] for b, n in enumerate(lengths)])
+        x = src
+        # Post-LN with ω: x_i = LN(ω_i ⊙ x_{i-1} + f_i(x_{i-1}))
+        x = self.norm1(self.res1(x, self._sa_block(x, src_mask, src_key_padding_mask, is_causal=is_causal)))
+        return self.norm2(self.res2(x, self._ff_block(x)))
+
+
+class TransformerDecoderLayer(nn.TransformerDecoderLayer):
+    """torch.nn.TransformerDecoderLayer, Post-LN, with Admin's ω on its three shortcuts:
+
+        y = LN(ω_1 ⊙ y + SelfAttention(y)),  y = LN(ω_2 ⊙ y + CrossAttention(y, memory)),
+        y = LN(ω_3 ⊙ y + FFN(y))
+
+    Arguments as TransformerEncoderLayer's; num_res_layers counts 3 per decoder layer. Cross-attention's
+    ω folds into W_Q alone: W_K and W_V read memory, which carries no ω of this stack.
+    """
+
+    def __init__(self, *args, num_res_layers: int, output_change_scale: str = "default",
+                 as_parameter: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        refuse_pre_ln(self)
+        C = self.linear1.in_features
+        omega = calculate_init(num_res_layers, output_change_scale)
+        self.res1, self.res2, self.res3 = (OmegaResidual(omega, as_parameter, C) for _ in range(3))
+
+    def forward(self, tgt: Tensor, memory: Tensor, tgt_mask: Tensor | None = None,
+                memory_mask: Tensor | None = None, tgt_key_padding_mask: Tensor | None = None,
+                memory_key_padding_mask: Tensor | None = None, tgt_is_causal: bool = False,
+                memory_is_causal: bool = False) -> Tensor:
+        x = tgt
+        # Post-LN with ω, three times: x_i = LN(ω_i ⊙ x_{i-1} + f_i(x_{i-1}))
+        x = self.norm1(self.res1(x, self._sa_block(x, tgt_mask, tgt_key_padding_mask, tgt_is_causal)))
+        x = self.norm2(self.res2(x, self._mha_block(x, memory, memory_mask, memory_key_padding_mask,
+                                                    memory_is_causal)))
+        return self.norm3(self.res3(x, self._ff_block(x)))
+
+
+# ---------------------------------------------------------------------------------------------------
+# 7. A fold that checks itself: every ω of any model, its plan read off one forward pass
 # ---------------------------------------------------------------------------------------------------
 
 # The fold is exact in exact arithmetic, so in float64 only rounding moves the outputs: 2⁻⁵³ ≈ 1.1e-16
@@ -658,6 +746,16 @@ def stack_inputs(model: nn.Module, trace: Trace, embeddings: dict[nn.Module, lis
     return first_of
 
 
+def merged_rows(rows: list[Rows], model: nn.Module) -> tuple[Rows, ...]:
+    """Each weight once, in call order; adjacent row ranges of one weight joined (Q, K, V → all)."""
+    state, out = model.state_dict(), []
+    for r in dict.fromkeys(rows):
+        if out and out[-1].name == r.name and out[-1].stop == r.start:
+            r = Rows(r.name, out.pop().start, r.stop)
+        out.append(Rows(r.name) if (r.start, r.stop) == (0, len(state[r.name])) else r)
+    return tuple(out)
+
+
 @torch.no_grad()
 def fold_plan(model: nn.Module, *inputs, embeddings: dict[nn.Module, list[Tensor]] | None = None,
               **kwargs) -> list[FoldStep]:
@@ -700,16 +798,6 @@ def fold_plan(model: nn.Module, *inputs, embeddings: dict[nn.Module, list[Tensor
                              f"input of {name!r}; fold it with fold_omega and your own readers")
         plan.append(FoldStep(name, producers, readers))
     return plan
-
-
-def merged_rows(rows: list[Rows], model: nn.Module) -> tuple[Rows, ...]:
-    """Each weight once, in call order; adjacent row ranges of one weight joined (Q, K, V → all)."""
-    state, out = model.state_dict(), []
-    for r in dict.fromkeys(rows):
-        if out and out[-1].name == r.name and out[-1].stop == r.start:
-            r = Rows(r.name, out.pop().start, r.stop)
-        out.append(Rows(r.name) if (r.start, r.stop) == (0, len(state[r.name])) else r)
-    return tuple(out)
 
 
 def check_plan(model: nn.Module, plan: list[FoldStep]) -> None:
@@ -794,6 +882,20 @@ def output_change(model: nn.Module, before: list[Tensor], inputs: tuple, kwargs:
                for a, b in zip(now, before, strict=True))
 
 
+def first_bad_step(model: nn.Module, plan: list[FoldStep], inputs: tuple, kwargs: dict) -> str:
+    """Which step of a failed plan first moves the outputs, refolded step by step on a new copy."""
+    copy64 = copy.deepcopy(model).double()
+    with eval_pass(copy64):
+        before = floating_tensors(copy64(*inputs, **kwargs))
+        for i, step in enumerate(plan, 1):
+            apply_plan(copy64, [step])
+            if not output_change(copy64, before, inputs, kwargs) <= FOLD_BOUND:
+                return (f"step {i} moves them first: {step.residual!r} with producers "
+                        f"{', '.join(map(str, step.producers))} and readers "
+                        f"{', '.join(map(str, step.readers))}")
+    return "no single step moves them: the residuals not in the plan or the model's call do"
+
+
 class Folded(NamedTuple):
     """What fold returns."""
 
@@ -845,32 +947,9 @@ def fold(model: nn.Module, *inputs, embeddings: dict[nn.Module, list[Tensor]] | 
     return Folded({k: v.clone() for k, v in model.state_dict().items() if k not in omega_keys}, change)
 
 
-def first_bad_step(model: nn.Module, plan: list[FoldStep], inputs: tuple, kwargs: dict) -> str:
-    """Which step of a failed plan first moves the outputs, refolded step by step on a new copy."""
-    copy64 = copy.deepcopy(model).double()
-    with eval_pass(copy64):
-        before = floating_tensors(copy64(*inputs, **kwargs))
-        for i, step in enumerate(plan, 1):
-            apply_plan(copy64, [step])
-            if not output_change(copy64, before, inputs, kwargs) <= FOLD_BOUND:
-                return (f"step {i} moves them first: {step.residual!r} with producers "
-                        f"{', '.join(map(str, step.producers))} and readers "
-                        f"{', '.join(map(str, step.readers))}")
-    return "no single step moves them: the residuals not in the plan or the model's call do"
-
-
 # ---------------------------------------------------------------------------------------------------
-# 7. The admin-torch 0.1.0 drop-in: its helper names, and the integer kinds it accepts
+# 8. The admin-torch 0.1.0 drop-in: its helper names (its calculate_init is section 1's)
 # ---------------------------------------------------------------------------------------------------
-
-
-def whole_number(value, name: str, meaning: str) -> int:
-    """`value` as an int >= 1. Like admin-torch, accepts any integer type (NumPy's too) and integral
-    floats such as 24.0; rejects bools, fractions, strings and values < 1."""
-    if isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value).is_integer():
-        if value >= 1:
-            return int(value)
-    raise ValueError(f"{name} must be a whole number >= 1 ({meaning}), got {name}={value!r}")
 
 
 def as_module(num_res_layers: int, output_change_scale: str = "default", as_parameter: bool = False,
@@ -888,89 +967,10 @@ def as_buffer(network: nn.Module, buffer_name: str, num_res_layers: int,
     return getattr(network, buffer_name)
 
 
+# admin-torch's API names this function and as_module's keyword alike; defined last, called by no code here
 def as_parameter(network: nn.Module, parameter_name: str, num_res_layers: int, embed_dim: int,
                  output_change_scale: str = "default") -> nn.Parameter:
     """Register ω as a trainable vector of size embed_dim on `network`, filled with calculate_init."""
     omega = calculate_init(num_res_layers, output_change_scale)
     network.register_parameter(parameter_name, omega_vector(omega, embed_dim))
     return getattr(network, parameter_name)
-
-
-# ---------------------------------------------------------------------------------------------------
-# 8. PyTorch's own layers with ω: change the class name, keep every argument
-#
-# Both lean on torch's private branch methods _sa_block, _mha_block and _ff_block (each returns
-# f_i(x_{i-1}) with its dropout), so the masks, is_causal, activation and batch_first behave exactly as
-# in torch's layers; .ci/torch-range runs their tests at both ends of our torch range.
-# ---------------------------------------------------------------------------------------------------
-
-
-def refuse_pre_ln(layer: nn.Module) -> None:
-    if layer.norm_first:
-        raise ValueError(f"{type(layer).__name__}: norm_first=True builds Pre-LN, and Admin scales Post-LN "
-                         "shortcuts: use norm_first=False (torch's default)")
-
-
-class TransformerEncoderLayer(nn.TransformerEncoderLayer):
-    """torch.nn.TransformerEncoderLayer, Post-LN, with Admin's ω on both shortcuts:
-
-        x = LN(ω_1 ⊙ x + SelfAttention(x)),   then   x = LN(ω_2 ⊙ x + FFN(x))
-
-    Takes torch's arguments, plus (keyword-only) num_res_layers: the sub-layers of the whole stack, 2 per
-    encoder layer, for calculate_init; output_change_scale as there; as_parameter: True (default) for
-    the paper's trainable vector ω, False for admin-torch's fixed scalar. The state dict is torch's
-    plus res1.omega and res2.omega, so once fold() has folded ω the rest loads with strict=True into
-    torch's layer. Inside nn.TransformerEncoder's nested-tensor path (eval mode with a padding mask) it
-    pads, runs, and nests again.
-    """
-
-    def __init__(self, *args, num_res_layers: int, output_change_scale: str = "default",
-                 as_parameter: bool = True, **kwargs):
-        super().__init__(*args, **kwargs)
-        refuse_pre_ln(self)
-        C = self.linear1.in_features
-        self.res1 = as_module(num_res_layers, output_change_scale, as_parameter, embed_dim=C)
-        self.res2 = as_module(num_res_layers, output_change_scale, as_parameter, embed_dim=C)
-
-    def forward(self, src: Tensor, src_mask: Tensor | None = None,
-                src_key_padding_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
-        if src.is_nested:  # ω ⊙ x needs a dense tensor: pad, mask the padding, nest the result again
-            lengths = [t.size(0) for t in src.unbind()]
-            x = src.to_padded_tensor(0.0)  # (B, T, C)
-            padding = torch.arange(x.size(1), device=x.device) >= torch.tensor(lengths, device=x.device)[:, None]
-            y = self.forward(x, src_mask, padding, is_causal)  # padding: (B, T), True where padded
-            return torch.nested.nested_tensor([y[b, :n] for b, n in enumerate(lengths)])
-        x = src
-        # Post-LN with ω: x_i = LN(ω_i ⊙ x_{i-1} + f_i(x_{i-1}))
-        x = self.norm1(self.res1(x, self._sa_block(x, src_mask, src_key_padding_mask, is_causal=is_causal)))
-        return self.norm2(self.res2(x, self._ff_block(x)))
-
-
-class TransformerDecoderLayer(nn.TransformerDecoderLayer):
-    """torch.nn.TransformerDecoderLayer, Post-LN, with Admin's ω on its three shortcuts:
-
-        y = LN(ω_1 ⊙ y + SelfAttention(y)),  y = LN(ω_2 ⊙ y + CrossAttention(y, memory)),
-        y = LN(ω_3 ⊙ y + FFN(y))
-
-    Arguments as TransformerEncoderLayer's; num_res_layers counts 3 per decoder layer. Cross-attention's
-    ω folds into W_Q alone: W_K and W_V read memory, which carries no ω of this stack.
-    """
-
-    def __init__(self, *args, num_res_layers: int, output_change_scale: str = "default",
-                 as_parameter: bool = True, **kwargs):
-        super().__init__(*args, **kwargs)
-        refuse_pre_ln(self)
-        C = self.linear1.in_features
-        self.res1, self.res2, self.res3 = (as_module(num_res_layers, output_change_scale, as_parameter,
-                                                     embed_dim=C) for _ in range(3))
-
-    def forward(self, tgt: Tensor, memory: Tensor, tgt_mask: Tensor | None = None,
-                memory_mask: Tensor | None = None, tgt_key_padding_mask: Tensor | None = None,
-                memory_key_padding_mask: Tensor | None = None, tgt_is_causal: bool = False,
-                memory_is_causal: bool = False) -> Tensor:
-        x = tgt
-        # Post-LN with ω, three times: x_i = LN(ω_i ⊙ x_{i-1} + f_i(x_{i-1}))
-        x = self.norm1(self.res1(x, self._sa_block(x, tgt_mask, tgt_key_padding_mask, tgt_is_causal)))
-        x = self.norm2(self.res2(x, self._mha_block(x, memory, memory_mask, memory_key_padding_mask,
-                                                    memory_is_causal)))
-        return self.norm3(self.res3(x, self._ff_block(x)))

@@ -514,3 +514,117 @@ def test_checkpoints_load_back_and_the_folded_one_loads_into_a_vanilla_model(tmp
     vanilla.load_state_dict(torch.load(tmp_path / "plain.pt", weights_only=True), strict=True)
     err, allowed = fold_error(model, vanilla, (idx,), torch.Generator().manual_seed(6))
     assert err <= allowed, f"the folded checkpoint in a vanilla model: relative error {err:.1e}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# 7. admin.py reads top to bottom: nothing is used above its definition, no module-level name shadowed
+# ---------------------------------------------------------------------------------------------------
+
+import ast  # noqa: E402  (imports of this section alone)
+from pathlib import Path  # noqa: E402
+
+ADMIN_TOP = ast.parse(Path(admin.__file__).read_text()).body  # admin.py's module-level statements
+SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
+COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.DictComp)
+
+# Parameters named as a module-level name of admin.py, each on purpose: admin-torch 0.1.0 calls both
+# its function and as_module's keyword `as_parameter`, and we keep both (its API); OmegaResidual and
+# PyTorch's layers take the same keyword as as_module. Where it is bound it means the bool, and
+# test_no_module_level_name_is_shadowed checks that no code there calls the function.
+SHADOWED_ON_PURPOSE = {("as_module", "as_parameter"), ("OmegaResidual.__init__", "as_parameter"),
+                       ("TransformerEncoderLayer.__init__", "as_parameter"),
+                       ("TransformerDecoderLayer.__init__", "as_parameter")}
+
+
+def defined_by(stmt: ast.stmt) -> set[str]:
+    """The module-level names a module-level statement binds."""
+    if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return {stmt.name}
+    if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+        return {(alias.asname or alias.name).split(".")[0] for alias in stmt.names}
+    targets = stmt.targets if isinstance(stmt, ast.Assign) else [getattr(stmt, "target", None)]
+    return {n.id for t in targets if t for n in ast.walk(t) if isinstance(n, ast.Name)}
+
+
+def bound_in(scope: ast.FunctionDef | ast.Lambda) -> set[str]:
+    """The names a function binds in its own scope: parameters, assignment, loop, with, except and
+    comprehension targets, imports, nested def and class names (not what nested bodies bind)."""
+    a = scope.args
+    names = {p.arg for p in (*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg) if p}
+    todo = list(scope.body) if isinstance(scope.body, list) else [scope.body]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, SCOPES):
+            names |= {node.name} if not isinstance(node, ast.Lambda) else set()
+            continue
+        if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+            names.add(node.id)
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            names.add(node.name)
+        elif isinstance(node, ast.alias):
+            names.add((node.asname or node.name).split(".")[0])
+        todo.extend(ast.iter_child_nodes(node))
+    return names
+
+
+def names_read(node: ast.AST, local: frozenset = frozenset()) -> set[str]:
+    """The names `node` reads from module scope (or builtins): every name it loads that no function
+    around it binds. Annotations are left out: with `from __future__ import annotations` they are
+    strings; decorators, base classes and default values are read where they stand."""
+    if isinstance(node, ast.Name):
+        return {node.id} if isinstance(node.ctx, ast.Load) and node.id not in local else set()
+    if isinstance(node, ast.arg):
+        return set()  # its annotation
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+        a, inner = node.args, local | bound_in(node)
+        outside = [*getattr(node, "decorator_list", []), *a.defaults, *(d for d in a.kw_defaults if d)]
+        body = node.body if isinstance(node.body, list) else [node.body]
+        return set().union(*(names_read(n, local) for n in outside), *(names_read(n, inner) for n in body))
+    if isinstance(node, ast.ClassDef):
+        parts = [*node.decorator_list, *node.bases, *(k.value for k in node.keywords), *node.body]
+        return set().union(*(names_read(n, local) for n in parts))
+    if isinstance(node, ast.AnnAssign):
+        return set().union(*(names_read(n, local) for n in (node.target, node.value) if n))
+    if isinstance(node, COMPREHENSIONS):
+        local = local | {n.id for g in node.generators for n in ast.walk(g.target) if isinstance(n, ast.Name)}
+    return set().union(*(names_read(n, local) for n in ast.iter_child_nodes(node)))
+
+
+def functions(node: ast.AST, prefix: str = ""):
+    """(qualified name, node) of every function and lambda in `node`, nested ones included."""
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            name = prefix + getattr(child, "name", f"<lambda line {child.lineno}>")
+            yield name, child
+            yield from functions(child, name + ".<locals>.")
+        else:
+            yield from functions(child, prefix + child.name + "." if isinstance(child, ast.ClassDef) else prefix)
+
+
+def test_admin_py_uses_no_module_level_name_above_its_definition():
+    """Any section of admin.py pasted with the sections above it runs: each module-level statement
+    (function and method bodies included) reads only the module-level names defined above it (a
+    function or class may name itself)."""
+    module_level = set().union(*(defined_by(stmt) for stmt in ADMIN_TOP))
+    defined, early = set(), []
+    for stmt in ADMIN_TOP:
+        own = defined_by(stmt)
+        itself = own if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) else set()
+        early += [f"line {stmt.lineno}: {', '.join(sorted(own))} uses {name}, defined below it"
+                  for name in sorted(names_read(stmt) & module_level - defined - itself)]
+        defined |= own
+    assert not early, "admin.py uses names before it defines them:\n" + "\n".join(early)
+
+
+def test_no_module_level_name_is_shadowed():
+    """No function of admin.py binds a module-level name of it (its imports included) as a parameter
+    or a local, except SHADOWED_ON_PURPOSE; and none of those scopes calls the function it hides."""
+    module_level = set().union(*(defined_by(stmt) for stmt in ADMIN_TOP))
+    module = ast.Module(body=ADMIN_TOP, type_ignores=[])
+    shadowed = {(qualname, name) for qualname, fn in functions(module) for name in bound_in(fn) & module_level}
+    assert shadowed == SHADOWED_ON_PURPOSE, (f"shadowed, not listed: {sorted(shadowed - SHADOWED_ON_PURPOSE)}; "
+                                             f"listed, not shadowed: {sorted(SHADOWED_ON_PURPOSE - shadowed)}")
+    for qualname, fn in functions(module):
+        calls = {n.func.id for n in ast.walk(fn) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+        hidden = {name for q, name in SHADOWED_ON_PURPOSE if q == qualname} & calls
+        assert not hidden, f"{qualname} calls {hidden}, which its own parameter hides"
