@@ -16,7 +16,10 @@ settings.load_profile("suite")  # --hypothesis-profile, read after this file, ta
 
 
 def devices_line() -> str:
-    from testing_tools import ACCELERATORS as found  # the devices the device checks use
+    import torch
+
+    found = [d for d, here in (("cuda", torch.cuda.is_available()), ("mps", torch.backends.mps.is_available()))
+             if here]  # the accelerators the device checks run on
 
     if not found:
         return "devices: cpu only — no CUDA or MPS device here, so the device checks ran on the CPU alone"

@@ -23,7 +23,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import admin
-from testing_tools import UNIT, fold_error, rel_err, shortcut_inputs, tiny_config, train_steps
+from lab.testing_tools import UNIT, fold_error, rel_err, shortcut_inputs, tiny_config, train_steps
 
 
 def configs(residuals=("admin",), min_d_model=1) -> st.SearchStrategy[admin.TransformerConfig]:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import admin
-from testing_tools import tiny_config
+from lab.testing_tools import tiny_config
 
 
 def test_attention_dropout_drops_in_training_and_not_in_eval():

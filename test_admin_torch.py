@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import admin
-from testing_tools import tiny_config
+from lab.testing_tools import tiny_config
 
 # ---------------------------------------------------------------------------------------------------
 # 1. The drop-in

@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 import admin
-from testing_tools import rel_err, tiny_config, train_steps
+from lab.testing_tools import rel_err, tiny_config, train_steps
 
 WORLD, STEPS, BATCH = 2, 3, 8
 

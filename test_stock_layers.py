@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import admin
-from testing_tools import fold_error, rel_err, tiny_config
+from lab.testing_tools import fold_error, rel_err, tiny_config
 
 V, C, H, F = 13, 8, 2, 16  # vocabulary, d_model, heads, d_ff
 

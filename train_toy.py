@@ -3,7 +3,6 @@
     python train_toy.py --layers 48        # vanilla Post-LN vs Admin, 48 layers (96 sub-layers)
     python train_toy.py --layers 6         # both learn: the failure is a matter of depth
     python train_toy.py --layers 192       # deeper than 48: a smaller peak learning rate, by the rule
-    python train_toy.py --device cuda      # on a GPU (auto picks it), each step replayed as a CUDA graph
 
 Every arm trains the same admin.PostLNTransformer (same initial weights: ω adds no random draws), on the
 same batches, with the same optimizer and schedule; only the residual differs:
@@ -20,34 +19,188 @@ The task, a worked example (--task reverse --digits 4). Tokens 0-9 are digits, 1
     input      3 1 4 1 | 1 4 1                          the sequence without its last token
     target     - - - - 1 4 1 3                          the next token; "-" = ignore_index (prompt)
 The loss covers only the answer. Accuracy is exact match of whole answers on a held-out set whose
-digit strings are never drawn for training. It is measured by one teacher-forced pass: every answer
-token is the argmax given the true earlier ones exactly when greedy decoding reproduces the answer.
+digit strings are never drawn for training, measured by one teacher-forced pass: every answer token is
+the argmax given the true earlier ones exactly when greedy decoding reproduces the answer.
 
 Optimizer: Adam, betas (0.9, 0.98) as in the paper's recipes; linear warm-up to --lr, then linear decay
 to zero at the end of --steps; no gradient clipping (it would hide the instability this demo is about).
-The flags, and the schedule by depth for those left unset, are config.py's (its TrainConfig is what
-every function here takes). measure.py, sweep.py, bench.py and deep_end.py stand on this file.
+Imports torch and admin alone; the lab (lab/) builds its runs from this file's TrainConfig and train_arm.
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
+import json
 import math
+import os
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
 
 import admin
-import cli
-import config
-import report
-from config import ARMS, TrainConfig, build_parser, parse_args, parse_command_line  # noqa: F401 (the demo's)
 
+ARMS = ("vanilla", "admin", "preln", "deepnorm")  # the residual kinds the demo can train
 SEP, VOCAB, IGNORE = 10, 11, -100
 BETAS = (0.9, 0.98)  # Adam's moment decay rates
 SOLVED, SOLVED_EVALS = 0.99, 3  # "learned": 99% exact; stop an arm that held it for 3 evaluations
+CHANCE_LOSS = math.log(10)  # cross-entropy of a uniform guess over the ten digits
+FOLD_BOUND = 1e-4  # relative logit error of the fold: float32 rounding gives ~1e-7, a wrong fold ~1e-2
+SHALLOW = 48  # up to this depth the demo trains at 2e-3, 50 warm-up steps of 200; deeper, by the rule
+LR_RULE = f"lr = 2e-3·√({SHALLOW}/layers)"  # schedule_for's deep peak, in words
+
+
+# ---------------------------------------------------------------------------------------------------
+# The configuration: one dataclass, the schedule by depth for what is left unset
+# ---------------------------------------------------------------------------------------------------
+
+
+def schedule_for(layers: int) -> dict:
+    """The default peak learning rate, warm-up and budget at `layers` layers. Deeper than 48 layers the
+    largest rate at which Admin trains falls about one √2 step per doubling of depth (the rule map,
+    tutorial.md Section 12), so the peak falls as √(48/layers), a step under that edge, with 100
+    warm-up steps of 400 (deep models need more steps to learn)."""
+    if layers <= SHALLOW:
+        return {"lr": 2e-3, "warmup": 50, "steps": 200}
+    # to 3 figures: 96, 192 and 384 layers land on rungs of the lab's learning-rate ladder
+    return {"lr": float(f"{2e-3 * math.sqrt(SHALLOW / layers):.3g}"), "warmup": 100, "steps": 400}
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """How each arm is trained, in the order the configuration line shows it. lr, warmup and steps
+    left None are taken from schedule_for(layers); `schedule` then says so (deeper than 48 layers)."""
+
+    layers: int = 48
+    arms: list = field(default_factory=lambda: ["vanilla", "admin"])
+    steps: int | None = None  # the training budget of each arm
+    lr: float | None = None  # the peak learning rate
+    warmup: int | None = None  # linear warm-up steps to lr
+    omega: str = "closed"  # the admin arm's ω: closed form, or profiled on the first batch
+    eval_every: int = 20
+    task: str = "reverse"
+    output_change_scale: str = "O(logn)"
+    batch_size: int = 16
+    d_model: int = 64
+    n_heads: int = 4
+    digits: int = 6
+    seed: int = 0
+    device: str = "cpu"
+    threads: int = 2
+    schedule: str | None = field(default=None, compare=False)  # why, not what: not compared
+
+    def __post_init__(self):
+        chosen = {k: v for k, v in schedule_for(self.layers).items() if getattr(self, k) is None}
+        for k, v in chosen.items():
+            object.__setattr__(self, k, v)  # frozen: set once, here
+        if self.layers > SHALLOW and chosen:
+            object.__setattr__(self, "schedule", f"by depth, {self.layers} > {SHALLOW} layers: " + ", ".join(
+                f"{k} {v:g}" for k, v in chosen.items()) + f" ({LR_RULE}; the rule map, tutorial.md Section 12)")
+
+
+def configuration_line(settings: dict) -> str:
+    return "configuration: " + ", ".join(f"{k}={v}" for k, v in settings.items())
+
+
+def configuration(cfg: TrainConfig) -> dict:
+    """The settings as the first line of output and --json's "config" show them, with the machine."""
+    shown = {k: v for k, v in asdict(cfg).items() if not (k == "schedule" and v is None)}
+    device = f"cuda ({torch.cuda.get_device_name(cfg.device)})" if cfg.device == "cuda" else cfg.device
+    return shown | dict(device=device, threads=cfg.threads, torch=torch.__version__)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The command line: every bad value is argparse's exit 2, naming the flag and what it allows
+# ---------------------------------------------------------------------------------------------------
+
+LEAST = dict(layers=1, steps=1, warmup=0, eval_every=1, batch_size=1, d_model=1, n_heads=1, seed=0, threads=1)
+
+
+def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    d, by_depth = TrainConfig(), f"default: by depth, {schedule_for(SHALLOW)} up to {SHALLOW} layers"
+    p = argparse.ArgumentParser(description="Vanilla Post-LN vs Admin on a toy sequence task.", add_help=add_help)
+    p.add_argument("--layers", type=int, default=d.layers, help=f"Transformer layers, 2 sub-layers each "
+                   f"(default %(default)s); deeper than {SHALLOW}: {LR_RULE}, warmup 100, steps 400")
+    p.add_argument("--arms", type=lambda text: text.split(","), default=d.arms,
+                   help=f"comma-separated residual kinds to compare, from {', '.join(ARMS)}")
+    p.add_argument("--steps", type=int, help=f"training budget per arm ({by_depth})")
+    p.add_argument("--lr", type=float, help=f"peak Adam learning rate ({by_depth})")
+    p.add_argument("--warmup", type=int, help=f"linear warm-up steps to --lr ({by_depth})")
+    p.add_argument("--omega", choices=("closed", "profiled"), default=d.omega,
+                   help="admin arm: ω from the closed form, or profiled on the first batch (the paper)")
+    p.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between evaluations")
+    add_model_flags(p)
+    p.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
+    p.add_argument("--plot", metavar="PATH", help="write a PNG of the curves (needs matplotlib)")
+    return p
+
+
+def add_model_flags(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The flags of the model, data and machine (the lab's scripts and the examples share them)."""
+    d = TrainConfig()
+    p.add_argument("--task", choices=("reverse", "copy"), default=d.task, help="what the answer is")
+    p.add_argument("--output-change-scale", choices=("O(logn)", "O(1)"), default=d.output_change_scale,
+                   help="admin arm: ω = admin.calculate_init(2 * layers, this)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="examples per training batch")
+    p.add_argument("--d-model", type=int, default=d.d_model, help="model width C (d_ff = 4C)")
+    p.add_argument("--n-heads", type=int, default=d.n_heads, help="attention heads; must divide --d-model")
+    p.add_argument("--digits", type=int, choices=range(1, 17), default=d.digits, metavar="{1..16}",
+                   help="length of each digit string")
+    p.add_argument("--seed", type=int, default=d.seed, help="seeds weights and data: same seed, same numbers")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
+                   help="auto: cuda if there is one, else mps if there is one, else cpu")
+    p.add_argument("--threads", type=int, default=d.threads, help="torch threads on the CPU")
+    return p
+
+
+def finish(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """What argparse alone does not check (exit 2 naming the flag), and --device auto resolved."""
+    for name, low in LEAST.items():
+        if isinstance(getattr(args, name, None), int) and getattr(args, name) < low:
+            p.error(f"argument --{name.replace('_', '-')}: must be a whole number >= {low}, got {getattr(args, name)}")
+    lr = getattr(args, "lr", None)
+    if isinstance(lr, float) and not (math.isfinite(lr) and lr > 0):
+        p.error(f"argument --lr: must be a positive number, got {lr}")
+    found = [d for d, here in (("cuda", torch.cuda.is_available()), ("mps", torch.backends.mps.is_available()),
+                               ("cpu", True)) if here]
+    if args.device not in found + ["auto"]:
+        p.error(f"argument --device: {args.device} is not available on this machine (available: {', '.join(found)})")
+    args.device = found[0] if args.device == "auto" else args.device
+    if args.d_model % args.n_heads:
+        p.error(f"argument --n-heads: must divide --d-model={args.d_model}, got {args.n_heads}")
+    for flag in ("--json", "--plot"):
+        path = getattr(args, flag[2:], None)
+        if path and (os.path.isdir(path) or not os.access(os.path.dirname(os.path.abspath(path)), os.W_OK)):
+            p.error(f"argument {flag}: cannot write to {path!r} (need a writable file path)")
+    if getattr(args, "plot", None) and importlib.util.find_spec("matplotlib") is None:
+        p.error("argument --plot: needs matplotlib, which is optional: pip install matplotlib")
+    return args
+
+
+def parse_command_line(argv: list[str] | None = None) -> tuple[argparse.Namespace, TrainConfig]:
+    """The command line as parsed (its output paths) and the training configuration it asks for."""
+    p = build_parser()
+    args = finish(p, p.parse_args(argv))
+    if set(args.arms) - set(ARMS) or len(set(args.arms)) < len(args.arms):
+        p.error(f"argument --arms: must be distinct arms from {', '.join(ARMS)}, got {','.join(args.arms)!r}")
+    if args.omega == "profiled" and "admin" not in args.arms:
+        p.error(f"argument --omega: profiled applies to the admin arm, which --arms={','.join(args.arms)} lacks")
+    return args, TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)})
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    """The training configuration that the command line asks for."""
+    return parse_command_line(argv)[1]
+
+
+def start(cfg) -> None:
+    """torch's threads, and subnormal floats flushed to zero on the CPU: a stuck deep model's vanishing
+    gradients turn subnormal, which slows every CPU step severalfold."""
+    torch.set_num_threads(cfg.threads)
+    torch.set_flush_denormal(True)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -100,22 +253,14 @@ class ToyData:
             yield tuple(t.to(self.device) for t in to_example(strings, self.task))
 
 
-def describe(inp: torch.Tensor, target: torch.Tensor, pred: torch.Tensor, task: str) -> str:
-    digits = inp.size(0) // 2
-    asked, want, got = (" ".join(map(str, t.tolist())) for t in (inp[:digits], target[digits:],
-                                                                   pred[digits:]))
-    verb = "reversed" if task == "reverse" else "copied"
-    return f"{verb} {asked} -> expected {want}, got {got} ({'ok' if want == got else 'wrong'})"
-
-
 # ---------------------------------------------------------------------------------------------------
-# The model of one arm, and its training step
+# The model of one arm, its training step, the held-out evaluation
 # ---------------------------------------------------------------------------------------------------
 
 
 def make_model(arm: str, cfg: TrainConfig) -> admin.PostLNTransformer:
     """The demo's model of `arm`, its weights drawn from cfg.seed (the same for every arm)."""
-    torch.manual_seed(cfg.seed)  # the same initial weights for every arm
+    torch.manual_seed(cfg.seed)
     model_config = admin.TransformerConfig(
         vocab_size=VOCAB, max_len=2 * cfg.digits, d_model=cfg.d_model, n_heads=cfg.n_heads,
         d_ff=4 * cfg.d_model, n_layers=cfg.layers, residual=arm, output_change_scale=cfg.output_change_scale)
@@ -127,7 +272,7 @@ def loss_of(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def lr_factor(step: int, warmup: int, steps: int) -> float:
-    """The learning rate at `step` as a fraction of --lr: linear warm-up over `warmup` steps, then
+    """The learning rate at `step` as a fraction of the peak: linear warm-up over `warmup` steps, then
     linear decay to zero at the end of the budget (0 warm-up steps: start at the peak)."""
     if step < warmup:
         return (step + 1) / warmup
@@ -135,11 +280,7 @@ def lr_factor(step: int, warmup: int, steps: int) -> float:
 
 
 def make_step(model: admin.PostLNTransformer, cfg: TrainConfig):
-    """step(inp, target, lr) -> loss: one Adam update, eager or (cfg.cuda_graph) replayed as a CUDA graph."""
-    if cfg.cuda_graph:
-        import cuda_graph  # only when graphs are on
-
-        return cuda_graph.graphed_adam_step(model, loss_of, cfg.lr, BETAS)
+    """step(inp, target, lr) -> loss: one Adam update (the lab's bench swaps in a CUDA-graph one)."""
     fused = torch.device(cfg.device).type in ("cpu", "cuda")  # one fused kernel where torch has it
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=BETAS, fused=fused)
 
@@ -154,55 +295,18 @@ def make_step(model: admin.PostLNTransformer, cfg: TrainConfig):
     return step
 
 
-# ---------------------------------------------------------------------------------------------------
-# Training one arm: the loop
-# ---------------------------------------------------------------------------------------------------
-
-
-def train_arm(arm: str, cfg: TrainConfig, data: ToyData, log, *, model: admin.PostLNTransformer | None = None,
-              watch=None, until_solved: bool = True) -> ArmResult:
-    """Train `model` (default: make_model(arm, cfg)) for cfg.steps steps, evaluating every cfg.eval_every;
-    stop at a non-finite loss, or (until_solved) once it held 99% for 3 evaluations. watch(i, model),
-    if given, sees the model after each i steps (deep_end.py records a run through it)."""
-    result = ArmResult(arm, model=make_model(arm, cfg) if model is None else model)
-    if arm == "admin" and cfg.omega == "profiled":  # the paper's ω, from one pass over the first batch
-        admin.profile_omega(result.model, next(data.batches(cfg.batch_size))[0])
-    step, batches = make_step(result.model, cfg), data.batches(cfg.batch_size)
-    start, solved_evals = time.perf_counter(), 0
-    try:
-        for i in range(cfg.steps + 1):
-            if watch is not None:
-                watch(i, result.model)
-            if i % cfg.eval_every == 0 or i == cfg.steps:
-                held_out_loss, acc, pred = evaluate(result.model, data)
-                result.history.append([i, held_out_loss, acc])
-                result.eval_seconds.append(time.perf_counter() - start)
-                log(report.eval_line(arm, i, held_out_loss, acc, result.eval_seconds[-1]))
-                solved_evals = solved_evals + 1 if acc >= SOLVED else 0
-                if (until_solved and solved_evals >= SOLVED_EVALS) or i == cfg.steps:
-                    break
-            inp, target = next(batches)
-            t0 = time.perf_counter()
-            loss = step(inp, target, cfg.lr * lr_factor(i, cfg.warmup, cfg.steps)).item()
-            result.step_times.append(time.perf_counter() - t0)  # .item() waited for the device
-            if not math.isfinite(loss):
-                result.diverged_at = i
-                log(report.diverged_line(result))
-                break
-            result.last_finite_loss, result.steps = loss, i + 1
-    except KeyboardInterrupt:
-        result.interrupted = True
-        log(report.interrupted_line(result))
-    result.seconds = time.perf_counter() - start
-    result.step_ms = 1000 * statistics.median(result.step_times) if result.step_times else float("nan")
-    if result.diverged_at is None and not result.interrupted:  # the loop ended on an evaluation: pred
-        result.examples = [describe(data.eval_input[k], data.eval_target[k], pred[k], cfg.task)
-                           for k in range(3)]
-    return result
+def evaluate(model, data: ToyData) -> tuple[float, float, torch.Tensor]:
+    """Held-out loss, exact-match accuracy and the argmax predictions (n, 2D)."""
+    with torch.no_grad():
+        logits = model.eval()(data.eval_input)  # (n, 2D, V)
+    model.train()
+    pred = logits.argmax(-1)
+    exact = ((pred == data.eval_target) | (data.eval_target == IGNORE)).all(1).float().mean()
+    return loss_of(logits, data.eval_target).item(), exact.item(), pred
 
 
 # ---------------------------------------------------------------------------------------------------
-# What train_arm returns, and the held-out evaluation
+# Training one arm: the loop, and what it returns
 # ---------------------------------------------------------------------------------------------------
 
 
@@ -215,46 +319,97 @@ class ArmResult:
     last_finite_loss: float | None = None
     seconds: float = 0.0
     step_ms: float = float("nan")  # median training-step time
-    examples: list = field(default_factory=list)
+    examples: list = field(default_factory=list)  # three held-out answers, in words
     interrupted: bool = False
     model: admin.PostLNTransformer | None = None
     eval_seconds: list = field(default_factory=list)  # elapsed at each evaluation
     step_times: list = field(default_factory=list)  # seconds of each training step
-
-    @classmethod
-    def from_json(cls, arm: str, r: dict) -> ArmResult:
-        """The result that report.result_json wrote (older files: no times of evaluations)."""
-        return cls(arm, r["history"], r["steps"], r["diverged_at"], r.get("last_finite_loss"), r["seconds"],
-                   r["train_ms_per_step"], r["examples"], r["interrupted"],
-                   eval_seconds=r.get("eval_seconds", [0.0] * len(r["history"])))
-
     final_loss = property(lambda self: self.history[-1][1] if self.history else float("nan"))
     accuracy = property(lambda self: self.history[-1][2] if self.history else 0.0)
-    verdict = property(lambda self: verdict_of(self))
+
+    @property
+    def verdict(self) -> str:
+        """The rule every script uses: diverged, learned (99% exact), or how far it got."""
+        if self.diverged_at is not None:
+            return f"diverged at step {self.diverged_at}"
+        if self.accuracy >= SOLVED:
+            return "learned"
+        return "did not learn" if self.accuracy < 0.01 else f"partly learned ({100 * self.accuracy:.0f}%)"
 
 
-def verdict_of(r: ArmResult) -> str:
-    """The verdict rule, the one every script uses: diverged, learned (99% exact), or how far it got."""
-    if r.diverged_at is not None:
-        return f"diverged at step {r.diverged_at}"
-    if r.accuracy >= SOLVED:
-        return "learned"
-    return "did not learn" if r.accuracy < 0.01 else f"partly learned ({100 * r.accuracy:.0f}%)"
+def describe(inp: torch.Tensor, target: torch.Tensor, pred: torch.Tensor, task: str) -> str:
+    n = inp.size(0) // 2
+    asked, want, got = (" ".join(map(str, t.tolist())) for t in (inp[:n], target[n:], pred[n:]))
+    verb = "reversed" if task == "reverse" else "copied"
+    return f"{verb} {asked} -> expected {want}, got {got} ({'ok' if want == got else 'wrong'})"
 
 
-def evaluate(model, data: ToyData) -> tuple[float, float, torch.Tensor]:
-    """Held-out loss, exact-match accuracy and the argmax predictions (n, 2D)."""
-    with torch.no_grad():  # a plain function (no decorator), so that .ci/mutation can mutate it
-        logits = model.eval()(data.eval_input)  # (n, 2D, V)
-    model.train()
-    pred = logits.argmax(-1)
-    exact = ((pred == data.eval_target) | (data.eval_target == IGNORE)).all(1).float().mean()
-    return loss_of(logits, data.eval_target).item(), exact.item(), pred
+def eval_line(arm: str, step: int, loss: float, accuracy: float, seconds: float) -> str:
+    return f"  {arm:<8} step {step:>5}  loss {loss:7.4f}  acc {100 * accuracy:6.2f}%  {seconds:6.1f}s"
+
+
+def diverged_line(r: ArmResult) -> str:
+    return f"  {r.arm} diverged at step {r.diverged_at}; last finite loss {r.last_finite_loss}"
+
+
+def interrupted_line(r: ArmResult) -> str:
+    return f"  {r.arm} interrupted at step {r.steps}"
+
+
+def train_arm(arm: str, cfg: TrainConfig, data: ToyData, log, *, model=None, watch=None,
+              until_solved: bool = True, new_step=make_step) -> ArmResult:
+    """Train `model` (default: make_model(arm, cfg)) for cfg.steps steps, evaluating every cfg.eval_every;
+    stop at a non-finite loss, or (until_solved) once it held 99% for 3 evaluations. watch(i, model),
+    if given, sees the model after each i steps (the lab records runs through it); new_step(model, cfg)
+    makes the training step (the lab's CUDA-graph step is another)."""
+    r = ArmResult(arm, model=make_model(arm, cfg) if model is None else model)
+    if arm == "admin" and cfg.omega == "profiled":  # the paper's ω, from one pass over the first batch
+        admin.profile_omega(r.model, next(data.batches(cfg.batch_size))[0])
+    step, batches = new_step(r.model, cfg), data.batches(cfg.batch_size)
+    start, solved_evals = time.perf_counter(), 0
+    try:
+        for i in range(cfg.steps + 1):
+            if watch is not None:
+                watch(i, r.model)
+            if i % cfg.eval_every == 0 or i == cfg.steps:
+                held_out_loss, acc, pred = evaluate(r.model, data)
+                r.history.append([i, held_out_loss, acc])
+                r.eval_seconds.append(time.perf_counter() - start)
+                log(eval_line(arm, i, held_out_loss, acc, r.eval_seconds[-1]))
+                solved_evals = solved_evals + 1 if acc >= SOLVED else 0
+                if (until_solved and solved_evals >= SOLVED_EVALS) or i == cfg.steps:
+                    break
+            inp, target = next(batches)
+            t0 = time.perf_counter()
+            loss = step(inp, target, cfg.lr * lr_factor(i, cfg.warmup, cfg.steps)).item()
+            r.step_times.append(time.perf_counter() - t0)  # .item() waited for the device
+            if not math.isfinite(loss):
+                r.diverged_at = i
+                log(diverged_line(r))
+                break
+            r.last_finite_loss, r.steps = loss, i + 1
+    except KeyboardInterrupt:
+        r.interrupted = True
+        log(interrupted_line(r))
+    r.seconds = time.perf_counter() - start
+    r.step_ms = 1000 * statistics.median(r.step_times) if r.step_times else float("nan")
+    if r.diverged_at is None and not r.interrupted:  # the loop ended on an evaluation: pred
+        r.examples = [describe(data.eval_input[k], data.eval_target[k], pred[k], cfg.task) for k in range(3)]
+    return r
 
 
 # ---------------------------------------------------------------------------------------------------
 # The run: every arm, the fold of the trained Admin model, the summary and what to conclude
 # ---------------------------------------------------------------------------------------------------
+
+
+def arm_title(arm: str, cfg: TrainConfig) -> str:
+    omega = (f"ω = {admin.calculate_init(2 * cfg.layers, cfg.output_change_scale):.3f}"
+             if cfg.omega == "closed" else "ω profiled on the first batch")
+    deepnorm = (f"α = {admin.deepnorm_alpha(cfg.layers):.3f}, "
+                f"V, output and FFN weights start × {admin.deepnorm_beta(cfg.layers):.3f}")
+    kind = dict(vanilla="Post-LN", admin=f"Post-LN, {omega}", preln="Pre-LN", deepnorm=deepnorm)[arm]
+    return f"training {arm} ({kind})"
 
 
 @torch.no_grad()
@@ -264,32 +419,123 @@ def fold_error(model: admin.PostLNTransformer, inp: torch.Tensor) -> float:
     return ((admin.reparameterize(model).eval()(inp) - want).abs().max() / want.abs().max()).item()
 
 
-def run(cfg: TrainConfig, log) -> tuple[list[ArmResult], float | None]:
+def run(cfg: TrainConfig, log, new_step=make_step) -> tuple[list[ArmResult], float | None]:
     """Train every arm on the same data; return the results and the fold error of the trained Admin
     model (None without one)."""
     results, data = [], ToyData(cfg.task, cfg.digits, cfg.seed, cfg.device)
     for arm in cfg.arms:
-        log(report.arm_title(arm, cfg))
-        results.append(train_arm(arm, cfg, data, log))
+        log(arm_title(arm, cfg))
+        results.append(train_arm(arm, cfg, data, log, new_step=new_step))
         if results[-1].interrupted:
             break
     trained = next((r.model for r in results if r.arm == "admin" and r.examples), None)
     return results, None if trained is None else fold_error(trained, data.eval_input[: cfg.batch_size])
 
 
-def main(argv: list[str] | None = None) -> dict:
+def summary_table(results: list[ArmResult], folded: float | None) -> str:
+    """One row per arm; `folded`: the trained Admin model's relative logit error after the fold."""
+    lines = [f"{'arm':<8} {'steps':>6} {'final loss':>10} {'accuracy':>9}  {'verdict':<26}"
+             f"{'seconds':>8} {'train ms/step':>14}"]
+    for r in results:
+        lines.append(f"{r.arm:<8} {r.steps:>6} {r.final_loss:>10.4f} {100 * r.accuracy:>8.2f}%  "
+                     f"{r.verdict + (' (interrupted)' if r.interrupted else ''):<26}"
+                     f"{r.seconds:>8.1f} {r.step_ms:>14.1f}")
+    if folded is not None:  # the fold is exact: below the bound, the digits are float32 rounding
+        same = (f"same logits (relative error < {FOLD_BOUND:.0e}: float32 rounding)" if folded < FOLD_BOUND
+                else f"logits DIFFER (relative error {folded:.1e} >= {FOLD_BOUND:.0e})")
+        lines.append(f"admin folded by reparameterize(): plain Post-LN, {same}")
+    return "\n".join(lines)
+
+
+def text_plot(histories: dict[str, list], height: int = 10, width: int = 60) -> str:
+    """Held-out loss against step, one letter per arm (first letter; '*' where two overlap)."""
+    curves = {arm: [(step, loss) for step, loss, _ in h if math.isfinite(loss)] for arm, h in histories.items()}
+    curves = {a: c for a, c in curves.items() if c}
+    if not curves:
+        return "(nothing to plot)"
+    last = max(c[-1][0] for c in curves.values()) or 1
+    top = min(max(loss for c in curves.values() for _, loss in c), 3 * CHANCE_LOSS)
+    grid = [[" "] * (width + 1) for _ in range(height + 1)]
+    for arm, curve in curves.items():
+        for step, loss in curve:
+            row, col = height - round(min(loss, top) / top * height), round(step / last * width)  # loss 0: bottom
+            grid[row][col] = arm[0] if grid[row][col] in (" ", arm[0]) else "*"
+    lines = [f"{top * (height - i) / height:7.2f} |" + "".join(row) for i, row in enumerate(grid)]
+    return "\n".join(lines + [" " * 8 + "+" + "-" * (width + 1), " " * 8 + f"step 0{str(last).rjust(width - 4)}",
+                              " " * 8 + "held-out loss; " + ", ".join(f"{a[0]} = {a}" for a in curves)
+                              + f"; chance = ln 10 = {CHANCE_LOSS:.2f}"])
+
+
+def conclusion(results: list[ArmResult], cfg: TrainConfig) -> str:
+    v, a = (next((r for r in results if r.arm == arm), None) for arm in ("vanilla", "admin"))
+    if v is None or a is None or v.interrupted or a.interrupted:
+        return "Run the vanilla and admin arms to completion to compare them."
+    if a.verdict == "learned" and v.verdict != "learned":
+        return (f"Conclusion: at {cfg.layers} layers plain Post-LN {v.verdict}, while Admin learned the task "
+                f"from the same weights, data and optimizer: the only change is ω on the shortcut. "
+                f"(In our stability map vanilla learned only at 6 layers; at 12 it learned with 4x the "
+                f"steps and 200 warm-up steps: tutorial.md, Sections 5 and 11.)")
+    if a.verdict == "learned":
+        return (f"Conclusion: at {cfg.layers} layers both Post-LN arms learn; the failure of vanilla "
+                f"Post-LN is a matter of depth (try --layers 48).")
+    return (f"Conclusion: vanilla {v.verdict}, admin {a.verdict} at peak lr {cfg.lr:g} with {cfg.warmup} "
+            f"warm-up steps. Deep Admin fails when the learning rate climbs too far too fast: halve "
+            f"it (--lr {float(f'{cfg.lr / 2:.2g}'):g}) or double the warm-up (--warmup {2 * cfg.warmup}); "
+            f"the rule map behind the defaults is in tutorial.md, Section 12.")
+
+
+def the_end(results: list[ArmResult], folded: float | None, cfg: TrainConfig, seconds: float) -> str:
+    """All that follows the training lines: the table, the text plot, examples, the conclusion."""
+    parts = ["\nsummary (train ms/step: the median step)", summary_table(results, folded),
+             "\n" + text_plot({r.arm: r.history for r in results})]
+    parts += [f"\n{r.arm}, held-out examples:\n" + "\n".join("  " + e for e in r.examples)
+              for r in results if r.examples]
+    return "\n".join(parts + ["\n" + conclusion(results, cfg)]) + f"  ({seconds:.1f}s in all)"
+
+
+def result_json(r: ArmResult) -> dict:
+    return {"final_loss": r.final_loss, "accuracy": r.accuracy, "diverged": r.diverged_at is not None,
+            "diverged_at": r.diverged_at, "verdict": r.verdict, "steps": r.steps, "seconds": r.seconds,
+            "train_ms_per_step": r.step_ms, "interrupted": r.interrupted, "history": r.history,
+            "examples": r.examples, "eval_seconds": r.eval_seconds, "last_finite_loss": r.last_finite_loss}
+
+
+def plot_curves(path: str, results: list[ArmResult], cfg: TrainConfig) -> None:
+    """The held-out loss curves as a PNG (matplotlib, which finish() has made sure is there)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no window
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    for r in results:
+        ax.plot([h[0] for h in r.history], [h[1] for h in r.history], label=f"{r.arm}: {r.verdict}")
+    ax.axhline(CHANCE_LOSS, color="grey", ls="--", lw=1, label="chance (ln 10)")
+    ax.set(xlabel="training step", ylabel="held-out loss",
+           title=f"{cfg.layers}-layer models, {cfg.task} {cfg.digits} digits, seed {cfg.seed}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None, new_step=make_step) -> dict:
     """Run the demo as the command line asks; return what --json writes."""
     args, cfg = parse_command_line(argv)
-    cli.start(cfg)
+    start(cfg)
     log = lambda line: print(line, flush=True)  # noqa: E731
-    log(cli.configuration_line(config.configuration(cfg)))
-    start = time.perf_counter()
-    results, folded = run(cfg, log)
-    log(report.the_end(results, folded, cfg, time.perf_counter() - start))
-    out = {"config": config.configuration(cfg), "arms": {r.arm: report.result_json(r) for r in results}, "fold_error": folded}
-    title = f"{cfg.layers}-layer models, {cfg.task} {cfg.digits} digits, seed {cfg.seed}"
-    cli.write_outputs(args, out, lambda path: report.curves_png(
-        path, {r.arm: (r.history, r.verdict) for r in results}, report.CHANCE_LOSS, title), log)
+    settings = configuration(cfg)
+    log(configuration_line(settings))
+    t0 = time.perf_counter()
+    results, folded = run(cfg, log, new_step)
+    log(the_end(results, folded, cfg, time.perf_counter() - t0))
+    out = {"config": settings, "arms": {r.arm: result_json(r) for r in results}, "fold_error": folded}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+    if args.plot:
+        plot_curves(args.plot, results, cfg)
+        log(f"wrote {args.plot}")
     return out
 
 

@@ -1,7 +1,7 @@
 """Does Admin matter for PyTorch's own layers? The demo's task on 48 stock nn.TransformerEncoderLayer.
 
     python -m examples.stock_layers                  # 48 layers: torch's init and Xavier, 3 arms each
-    python -m examples.stock_layers --layers 6 --json results/stock_layers_6.json
+    python -m examples.stock_layers --layers 6 --json lab/results/stock_layers_6.json
 
 The demo (train_toy.py) trains our own PostLNTransformer. Here the model is what most people have: token
 and position embeddings, torch.nn.TransformerEncoder of `--layers` layers under a causal mask, a
@@ -20,16 +20,16 @@ training, each Admin arm is folded by admin.fold and loaded, strictly, into the 
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from dataclasses import fields
 
 import torch
 from torch import nn
 
 import admin
-import cli
-import config
 import train_toy
-from config import TrainConfig
+from train_toy import TrainConfig
 
 INITS = ("torch", "xavier")
 ARMS = ("vanilla", "admin", "admin profiled")
@@ -99,7 +99,7 @@ def fold_into_stock(model: StockLM, init: str, batch: torch.Tensor, cfg: TrainCo
 
 def render(config: dict, rows: list[dict], seconds: float) -> str:
     """What main() prints, less the training lines: the configuration, the table, the time."""
-    return "\n".join([cli.configuration_line(config),
+    return "\n".join([train_toy.configuration_line(config),
                       table(rows, config["layers"]), f"({seconds:.0f}s in all)"])
 
 
@@ -115,41 +115,52 @@ def table(rows: list[dict], layers: int) -> str:
     return "\n".join(lines)
 
 
+def choice_list(allowed: tuple[str, ...]):
+    """An argparse type: comma-separated distinct values from `allowed`."""
+    def parse(text: str) -> list[str]:
+        values = [v.strip() for v in text.split(",")]
+        if set(values) - set(allowed) or len(set(values)) < len(values):
+            raise argparse.ArgumentTypeError(f"must be distinct values from {', '.join(allowed)}, got {text!r}")
+        return values
+    return parse
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, list[str], argparse.Namespace]:
-    """The run's training configuration (the demo's, built by config.train_config), the initializations,
-    and the parsed flags (for --json)."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=config.DefaultsHelp)
-    p.add_argument("--layers", type=cli.whole(1), default=48, help="encoder layers (2 sub-layers each)")
-    p.add_argument("--arms", type=cli.comma_list(cli.one_of(ARMS), "arms"), default=list(ARMS),
-                   help=f"comma-separated arms, from {', '.join(ARMS)}")
-    p.add_argument("--inits", type=cli.comma_list(cli.one_of(INITS), "inits"), default=list(INITS),
+    """The run's training configuration (the demo's TrainConfig), the initializations, and the parsed
+    flags (for --json). The schedule and model flags are the demo's (train_toy.py)."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--layers", type=int, default=48, help="encoder layers, 2 sub-layers each (default 48)")
+    p.add_argument("--arms", type=choice_list(ARMS), default=list(ARMS), help=f"comma-separated, from {', '.join(ARMS)}")
+    p.add_argument("--inits", type=choice_list(INITS), default=list(INITS),
                    help=f"comma-separated initializations, from {', '.join(INITS)}")
-    config.add_schedule_flags(p)
-    p.add_argument("--eval-every", type=cli.whole(1), default=config.EVAL_EVERY,
-                   help="steps between held-out evaluations")
-    cli.add_model_flags(p)
+    for flag, kind in (("--steps", int), ("--lr", float), ("--warmup", int), ("--eval-every", int)):
+        p.add_argument(flag, type=kind, help="as train_toy.py's (default: the demo's, by depth)")
+    train_toy.add_model_flags(p)
     p.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
-    args = cli.finish(p, p.parse_args(argv))
-    return config.train_config(args), args.inits, args  # eager steps, ω profiled here: the defaults
+    args = train_toy.finish(p, p.parse_args(argv))
+    names = [f.name for f in fields(TrainConfig) if f.name != "schedule"]
+    given = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+    return TrainConfig(**given), args.inits, args  # eager steps; ω is profiled here, not by train_arm
 
 
 def configuration(cfg: TrainConfig, inits: list[str]) -> dict:
     """The configuration line's settings: the demo's, with the initializations after the arms."""
-    shown = {k: v for k, v in config.settings(cfg).items() if k not in ("omega", "cuda_graph")}
-    ordered = {k: v for k, v in shown.items() if k in ("layers", "arms")} | {"inits": inits}
-    return cli.configuration(ordered | shown)
+    shown = {k: v for k, v in train_toy.configuration(cfg).items() if k != "omega"}
+    return {k: v for k, v in shown.items() if k in ("layers", "arms")} | {"inits": inits} | shown
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     cfg, inits, args = parse_args(argv)
-    cli.start(cfg)
+    train_toy.start(cfg)
     log = lambda line: print(line, flush=True)  # noqa: E731
     settings = configuration(cfg, inits)
     start = time.perf_counter()
-    log(cli.configuration_line(settings))
+    log(train_toy.configuration_line(settings))
     rows = run(cfg, inits, log)
     log("\n".join(render(settings, rows, time.perf_counter() - start).splitlines()[1:]))
-    cli.write_outputs(args, {"config": settings, "rows": rows}, None, log)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"config": settings, "rows": rows}, f, indent=1)
     return rows
 
 

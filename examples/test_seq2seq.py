@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import admin
 from examples import seq2seq as s2s
-from testing_tools import fold_error, rel_err, shortcut_inputs, train_steps
+from lab.testing_tools import fold_error, rel_err, shortcut_inputs, train_steps
 
 VOCAB = 13
 

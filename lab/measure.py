@@ -1,8 +1,8 @@
 """The amplification effect itself, no training: the output change of a fresh model after one small
 update, against depth.
 
-    python measure.py --arms vanilla,admin,preln              # 6 to 96 layers, 16 models each
-    python measure.py --layers 48,96,192,384 --arms admin,preln --repeats 4
+    python -m lab.measure --arms vanilla,admin,preln              # 6 to 96 layers, 16 models each
+    python -m lab.measure --layers 48,96,192,384 --arms admin,preln --repeats 4
 
 For each depth and arm, `--repeats` fresh models of train_toy's demo (seeds seed, seed + 1, …) get
 ±δ, random signs drawn per seed and the same for every arm, added to every weight matrix of every block;
@@ -21,8 +21,8 @@ import time
 import torch
 
 import admin
-import cli
-import config
+from lab import cli
+from lab import config
 import train_toy
 
 

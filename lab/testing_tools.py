@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import admin
-import cli
+from lab import cli
 
 # ---------------------------------------------------------------------------------------------------
 # admin.py: relative error, tiny configs, the inputs of each shortcut, the fold error, training steps
@@ -139,7 +139,8 @@ def exit_2_error(parse: Callable, argv: list[str], capsys) -> str:
 
 
 def run_as_main(script: str, argv: list[str]) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of `python SCRIPT ARGV`, run as __main__ in this process: runpy
+    """(exit code, stdout, stderr) of `python SCRIPT ARGV` (SCRIPT: a file of the repository's root, or
+    a module such as lab.sweep, run with python -m), run as __main__ in this process: runpy
     executes the script's own `if __name__ == "__main__":` lines with sys.argv set, so no second
     interpreter (and torch import, about 1.5 s) starts. An exception other than SystemExit is raised
     here, as it would be a traceback on the command line. torch's thread count is restored."""
@@ -148,7 +149,10 @@ def run_as_main(script: str, argv: list[str]) -> tuple[int, str, str]:
     code = 0
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            runpy.run_path(str(Path(__file__).parent / script), run_name="__main__")
+            if script.endswith(".py"):
+                runpy.run_path(str(Path(__file__).parents[1] / script), run_name="__main__")
+            else:
+                runpy.run_module(script, run_name="__main__", alter_sys=True)
     except SystemExit as exit_:
         code = 0 if exit_.code is None else exit_.code if isinstance(exit_.code, int) else 1  # as Python exits
     finally:

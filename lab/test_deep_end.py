@@ -7,11 +7,11 @@ import pytest
 import torch
 
 import admin
-import cli
-import config
-import deep_end
+from lab import cli
+from lab import config
+from lab import deep_end
 import train_toy
-from testing_tools import exit_2_error
+from lab.testing_tools import exit_2_error
 
 TINY = ["--d-model", "8", "--n-heads", "2", "--digits", "3", "--batch-size", "8", "--threads", "1",
         "--device", "cpu"]

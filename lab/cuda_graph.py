@@ -1,4 +1,6 @@
-"""train_toy's training step replayed as one CUDA graph (--cuda-graph; imported only when it is on).
+"""The demo with each training step replayed as one CUDA graph, for timing on a GPU:
+
+    python -m lab.cuda_graph --layers 48 --device cuda     # the demo's flags; the same verdicts
 
 Eager PyTorch launches a few hundred small kernels per layer and step, and at this toy size the GPU
 waits on Python for most of them; a graph records them once and replays them with one call. A graph
@@ -13,6 +15,8 @@ from typing import Callable
 
 import torch
 from torch import Tensor, nn
+
+import train_toy
 
 WARM_STEPS = 3  # eager steps before the graph is recorded
 
@@ -51,3 +55,20 @@ def graphed_adam_step(model: nn.Module, loss_of: Callable[[Tensor, Tensor], Tens
         static["calls"] += 1
         return loss
     return step
+
+
+def graphed_step(model: nn.Module, cfg: train_toy.TrainConfig):
+    """train_toy's make_step, replayed as a CUDA graph."""
+    return graphed_adam_step(model, train_toy.loss_of, cfg.lr, train_toy.BETAS)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """The demo (train_toy.main) with graphed steps; without CUDA, exit 2 naming --device."""
+    device = train_toy.parse_args(argv).device
+    if device != "cuda":
+        train_toy.build_parser().error(f"argument --device: a CUDA graph needs cuda, got {device}")
+    return train_toy.main(argv, new_step=graphed_step)
+
+
+if __name__ == "__main__":
+    main()

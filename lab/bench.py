@@ -1,7 +1,7 @@
 """Speed benchmark: is Admin as cheap as vanilla Post-LN? Prints medians and ratios from one run.
 
-    python bench.py                          # 48 layers, the demo's default sizes, 2 threads
-    python bench.py --stuck --layers 192     # whole demo runs, with and without flushing subnormals
+    python -m lab.bench                          # 48 layers, the demo's default sizes, 2 threads
+    python -m lab.bench --stuck --layers 192     # whole demo runs, with and without flushing subnormals
 
 Training steps of the vanilla and Admin models, and forward passes of vanilla, Admin and Admin after
 reparameterize(), are timed in interleaved rounds, so that a slow moment of the machine hits every
@@ -24,8 +24,8 @@ import time
 import torch
 
 import admin
-import cli
-import config
+from lab import cli
+from lab import config
 import train_toy
 
 

@@ -5,11 +5,11 @@ import statistics
 
 import pytest
 
-import cli
-import config
-import measure
+from lab import cli
+from lab import config
+from lab import measure
 import train_toy
-from testing_tools import exit_2_error, run_as_main
+from lab.testing_tools import exit_2_error, run_as_main
 
 
 def test_measure_shows_vanilla_changing_more_than_admin_at_depth(tmp_path, capsys):
@@ -52,7 +52,7 @@ def test_bad_input_exits_2_naming_the_flag(argv, words, capsys):
 
 
 def test_runs_on_its_own_from_the_command_line():
-    code, out, err = run_as_main("measure.py", ["--layers", "1,2", "--repeats", "1", "--d-model", "8",
+    code, out, err = run_as_main("lab.measure", ["--layers", "1,2", "--repeats", "1", "--d-model", "8",
                                                 "--n-heads", "2", "--threads", "1"])
     assert code == 0, err
     assert out.startswith("configuration: layers=[1, 2], arms=['vanilla', 'admin']")

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-import cli
-import config
-import sweep
+from lab import cli
+from lab import config
+from lab import sweep
 import train_toy
-from testing_tools import TINY_RUN, command_line_error, exit_2_error
+from lab.testing_tools import TINY_RUN, command_line_error, exit_2_error
 
 ROOT = Path(__file__).parent
 TINY = TINY_RUN
@@ -130,7 +130,7 @@ def test_bad_input_exits_2_naming_the_flag(argv, flag, capsys):
 
 
 def test_bad_input_on_the_real_command_line_has_no_traceback():
-    assert "argument --lr: must be a positive number, got '-1'" in command_line_error("sweep.py", ["--lr", "1e-3,-1"])
+    assert "argument --lr: must be a positive number, got '-1'" in command_line_error("lab.sweep", ["--lr", "1e-3,-1"])
 
 
 def test_the_sweep_takes_train_toys_device_flag(tmp_path, capsys):

@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 
 import admin
-import diagram
-from testing_tools import command_line_error, exit_2_error
+from lab import diagram
+from lab.testing_tools import command_line_error, exit_2_error
 
-ADMIN_SOURCE = (Path(__file__).parent / "admin.py").read_text()
+ADMIN_SOURCE = (Path(__file__).parents[1] / "admin.py").read_text()
 
 
 @pytest.mark.parametrize("panel", diagram.PANELS, ids=lambda p: p.name)
@@ -46,7 +46,7 @@ def test_equations_become_mathtext_symbol_for_symbol():
 def test_a_bad_out_is_exit_2_naming_out(capsys, tmp_path):
     err = exit_2_error(diagram.parse_args, ["--out", str(tmp_path / "no such folder" / "s.png")], capsys)
     assert "argument --out: cannot write to" in err
-    assert "argument --out: cannot write to" in command_line_error("diagram.py", ["--out", str(tmp_path)])
+    assert "argument --out: cannot write to" in command_line_error("lab.diagram", ["--out", str(tmp_path)])
 
 
 def test_without_matplotlib_is_a_clear_error(monkeypatch, capsys, tmp_path):

@@ -1,11 +1,11 @@
 """The stability map: where each residual kind learns, over depth × learning rate × seeds.
 
-    python sweep.py                      # the default grid (216 runs; its time estimate is printed first)
-    python sweep.py --quick              # a coarse grid for a class, a few minutes
-    python sweep.py --arms vanilla,admin --layers 12,48 --lr 1e-3,2e-3 --seed 0,1 --plot map.png
-    python sweep.py --edge --arms admin --layers 48,96 --warmup 100 --steps +300 --lr 2e-3
+    python -m lab.sweep                      # the default grid (216 runs; its time estimate is printed first)
+    python -m lab.sweep --quick              # a coarse grid for a class, a few minutes
+    python -m lab.sweep --arms vanilla,admin --layers 12,48 --lr 1e-3,2e-3 --seed 0,1 --plot map.png
+    python -m lab.sweep --edge --arms admin --layers 48,96 --warmup 100 --steps +300 --lr 2e-3
                                          # the largest learning rate at which every seed learns
-    python sweep.py --report --edge ... --results results/rule_map.jsonl   # tabulate a kept file
+    python -m lab.sweep --report --edge ... --results lab/results/rule_map.jsonl   # tabulate a kept file
 
 Every grid point is one run of train_toy's training, exactly as `python train_toy.py --arms ARM
 --layers L --lr LR ...` would train that arm (same model, batches, schedule, verdict). The flags are
@@ -36,13 +36,12 @@ from multiprocessing import get_context
 
 import torch
 
-import cli
-import config
+from lab import cli
+from lab import config
 import train_toy
 
 GRID_FLAGS = ("arms", "layers", "lr", "warmup", "steps", "task", "seed", "omega")  # a run's key, in order
-PASS_THROUGH = ("d_model", "n_heads", "batch_size", "digits", "eval_every", "output_change_scale", "device",
-                "cuda_graph")
+PASS_THROUGH = ("d_model", "n_heads", "batch_size", "digits", "eval_every", "output_change_scale", "device")
 DEFAULT_GRID = {"arms": ["vanilla", "admin", "preln"], "layers": [6, 12, 24, 48],
                 "lr": [2.5e-4, 5e-4, 1e-3, 2e-3, 4e-3, 8e-3], "seed": [0, 1, 2]}
 QUICK_GRID = {"arms": ["vanilla", "admin", "preln"], "layers": [6, 48], "lr": [5e-4, 2e-3, 8e-3],
@@ -148,8 +147,15 @@ def fixed_settings(args) -> dict:
     fixed = {name: getattr(args, name) for name in PASS_THROUGH}
     if args.report:
         with open(args.results) as f:
-            return json.loads(f.readline()).get("fixed", fixed)
+            header = json.loads(f.readline())
+        return kept_settings(header) if "fixed" in header else fixed
     return fixed
+
+
+def kept_settings(header: dict) -> dict:
+    """A results file's fixed settings; cuda_graph=False, which files made before the CUDA graph moved to
+    lab/cuda_graph.py keep, is the eager step every sweep trains with now."""
+    return {k: v for k, v in header["fixed"].items() if (k, v) != ("cuda_graph", False)}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -228,9 +234,9 @@ def load_results(path: str, fixed: dict) -> dict[tuple, dict]:
     if not isinstance(header, dict) or "fixed" not in header:
         raise ValueError(f"{path} is not a sweep results file (its first line is no header); "
                          f"choose another --results")
-    if header["fixed"] != fixed:
-        differ = {k: (header["fixed"].get(k), fixed[k]) for k in fixed
-                  if header["fixed"].get(k) != fixed[k]}
+    made = kept_settings(header)
+    if made != fixed:
+        differ = {k: (made.get(k), fixed.get(k)) for k in made | fixed if made.get(k) != fixed.get(k)}
         raise ValueError(f"{path} holds runs made with other fixed settings "
                          + ", ".join(f"{k}={old!r} (now {new!r})" for k, (old, new) in differ.items())
                          + "; use another --results file, or the same settings")

@@ -1,7 +1,7 @@
 """A picture of the idea: one residual sub-layer i drawn four ways, side by side.
 
-    python diagram.py                          # writes figures/sublayers.png
-    python diagram.py --out sublayers.png
+    python -m lab.diagram                          # writes lab/figures/sublayers.png
+    python -m lab.diagram --out sublayers.png
 
 Each panel reads bottom to top: x_{i-1} comes in and splits into the branch f_i (self-attention or
 feed-forward) and the shortcut; the two meet at ⊕, and x_i leaves. The four differ only in where the
@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 from typing import NamedTuple
 
-import cli
+from lab import cli
 
 
 class Panel(NamedTuple):
@@ -141,7 +141,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Draw Post-LN, Pre-LN, Admin and DeepNorm residual "
                                 "sub-layers side by side as block diagrams (needs matplotlib).",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", metavar="PATH", default="figures/sublayers.png", help="where the PNG goes")
+    p.add_argument("--out", metavar="PATH", default="lab/figures/sublayers.png", help="where the PNG goes")
     args = p.parse_args(argv)
     cli.check_outputs(p, {"--out": args.out}, plots=("--out",))
     return args

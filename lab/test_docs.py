@@ -28,17 +28,17 @@ from pathlib import Path
 import pytest
 
 import admin
-import bench
-import cli
-import config
-import deep_end
-import measure
-import report
+from lab import bench
+from lab import cli
+from lab import config
+from lab import deep_end
+from lab import measure
+from lab import report
 from examples import stock_layers as stock_layers_example
-import sweep
+from lab import sweep
 import train_toy
 
-ROOT = Path(__file__).parent
+REPO, LAB = Path(__file__).parents[1], Path(__file__).parent  # the docs are the repository's; results/ the lab's
 SHELL_REL, LIVE_REL = 0.0, 2e-3
 # What a live check recomputes against the kept file (made on another CPU), relative, per kind:
 LIVE_CHECK_REL = {
@@ -155,22 +155,22 @@ def run_blocks(path: Path) -> None:
 
 
 def test_readme_python_examples_run():
-    run_blocks(ROOT / "README.md")
+    run_blocks(REPO / "README.md")
 
 
 def test_tutorial_blocks_run_in_order_and_print_what_the_text_shows():
-    run_blocks(ROOT / "tutorial.md")
+    run_blocks(REPO / "tutorial.md")
 
 
 def test_tutorial_code_excerpts_are_the_code_as_it_is():
     """Each ```py excerpt (the code shown, not run) appears in admin.py, or in the file its first line
     names (`# file: NAME`): its lines, in order ("..." stands for lines left out)."""
-    excerpts = re.findall(r"```py\n(.*?)```", (ROOT / "tutorial.md").read_text(), flags=re.S)
+    excerpts = re.findall(r"```py\n(.*?)```", (REPO / "tutorial.md").read_text(), flags=re.S)
     assert len(excerpts) >= 6
     for excerpt in excerpts:
         lines = [raw.strip() for raw in excerpt.splitlines()]
         name = lines.pop(0)[len("# file: "):] if lines[0].startswith("# file: ") else "admin.py"
-        source = [line.strip() for line in (ROOT / name).read_text().splitlines()]
+        source = [line.strip() for line in (REPO / name).read_text().splitlines()]
         position = 0
         for line in lines:
             if line and line != "...":
@@ -179,18 +179,18 @@ def test_tutorial_code_excerpts_are_the_code_as_it_is():
 
 
 def test_tutorial_figures_exist_and_name_the_command_that_makes_them():
-    text = (ROOT / "tutorial.md").read_text()
-    figures = re.findall(r"!\[([^\]]+)\]\((figures/[^)]+\.png)\)", text)
+    text = (REPO / "tutorial.md").read_text()
+    figures = re.findall(r"!\[([^\]]+)\]\((lab/figures/[^)]+\.png)\)", text)
     assert len(figures) >= 3, figures
     for alt, path in figures:
-        assert (ROOT / path).stat().st_size > 10_000, f"{path} missing or empty"
+        assert (REPO / path).stat().st_size > 10_000, f"{path} missing or empty"
         assert len(alt.split()) >= 10, f"alt text of {path} does not say what it shows"
         assert f"--plot {path}" in text or f"--out {path}" in text, f"no command in tutorial.md regenerates {path}"
 
 
 def tutorial_sections() -> dict[int, str]:
     """tutorial.md's numbered sections ("## N. Title"): number → heading and text up to the next one."""
-    parts = re.split(r"^## (\d+)\. ", (ROOT / "tutorial.md").read_text(), flags=re.M)
+    parts = re.split(r"^## (\d+)\. ", (REPO / "tutorial.md").read_text(), flags=re.M)
     return {int(n): body for n, body in zip(parts[1::2], parts[2::2])}
 
 
@@ -199,24 +199,25 @@ SECTION_POINTER = re.compile(r"Sections? (\d+)(?:–(\d+))?")
 
 def test_readme_points_into_the_tutorial_where_it_says():
     """Every "Section N" of README.md exists, and every script that README names in backticks before
-    the pointer ("(`python measure.py`): Section 3") is in that section's text."""
+    the pointer ("(`python -m lab.measure`): Section 3") is in that section's text."""
     sections, checked = tutorial_sections(), 0
-    for item in (ROOT / "README.md").read_text().split("\n- "):
+    for item in (REPO / "README.md").read_text().split("\n- "):
         start = 0
         for pointer in SECTION_POINTER.finditer(item):
             numbers = [int(n) for n in pointer.groups() if n]
             assert all(n in sections for n in numbers), f"README points to {pointer[0]}, not in tutorial.md"
-            for script in re.findall(r"`[^`]*?(\w+\.py)\b[^`]*`", item[start:pointer.start()]):
+            for script in re.findall(r"`[^`]*?(\w+\.py|(?:lab|examples)\.\w+)\b[^`]*`", item[start:pointer.start()]):
                 assert script in sections[numbers[0]], f"README: {script} is not in tutorial.md {pointer[0]}"
                 checked += 1
             start = pointer.end()
     assert checked >= 8, checked
 
 
-@pytest.mark.parametrize("path", sorted(p.name for p in ROOT.glob("*.py")))
+@pytest.mark.parametrize("path", sorted(p.relative_to(REPO).as_posix() for room in ("", "lab/", "examples/")
+                                         for p in REPO.glob(f"{room}*.py")))
 def test_code_points_to_tutorial_sections_that_exist(path):
     sections = tutorial_sections()
-    for pointer in re.finditer(r"tutorial\.md,? Sections? (\d+)(?: and (\d+))?", (ROOT / path).read_text()):
+    for pointer in re.finditer(r"tutorial\.md,? Sections? (\d+)(?: and (\d+))?", (REPO / path).read_text()):
         for number in filter(None, pointer.groups()):
             assert int(number) in sections, f"{path} points to tutorial.md {pointer[0]}, which does not exist"
 
@@ -285,9 +286,10 @@ def test_excerpt_comparison_skips_only_where_the_text_says_so():
 def kept_results(script: str, config: dict) -> dict:
     """The results file in results/ that `script` wrote with these settings."""
     machine = ("device", "torch")
-    for path in sorted((ROOT / "results").glob("*.json")):
+    for path in sorted((LAB / "results").glob("*.json")):
         kept = json.loads(path.read_text())
-        made = {k: v for k, v in kept.get("config", {}).items() if k not in machine}
+        made = {k: v for k, v in kept.get("config", {}).items()  # cuda_graph=False: eager, as the demo now is
+                if k not in machine and (k, v) != ("cuda_graph", False)}
         if made == {k: v for k, v in config.items() if k not in machine} and ("arms" in kept) == (script == "train_toy"):
             return kept
     raise AssertionError(f"no results/*.json made by {script}.py with {config}: run the command with --json")
@@ -307,9 +309,9 @@ def demo_output(argv: list[str]) -> str:
     """The demo's output, rendered by report.render from the kept results; each arm's untrained
     evaluation recomputed (a kept file made with other weights or data is stale)."""
     args, cfg = train_toy.parse_command_line(without_plot(argv) + ["--device", "cpu"])
-    kept = kept_results("train_toy", config.configuration(cfg))
+    kept = kept_results("train_toy", train_toy.configuration(cfg))
     data = train_toy.ToyData(cfg.task, cfg.digits, cfg.seed, cfg.device)
-    results = [train_toy.ArmResult.from_json(arm, r) for arm, r in kept["arms"].items()]
+    results = [report.arm_result(arm, r) for arm, r in kept["arms"].items()]
     for r in results:
         live = train_toy.evaluate(train_toy.make_model(r.arm, cfg), data)[:2]
         assert live == pytest.approx(tuple(r.history[0][1:]), rel=LIVE_CHECK_REL["untrained"]), f"{r.arm}: kept results are stale"
@@ -364,7 +366,7 @@ def test_a_few_real_steps_of_the_demo_reproduce_its_kept_history():
     """The Admin arm of the 48-layer demo, trained by train_arm to its first evaluation after step 0
     (20 steps), reproduces results/demo_48.json's history there (same seed, float32 bound)."""
     cfg = train_toy.parse_args(["--layers", "48", "--arms", "admin", "--device", "cpu"])
-    kept = json.loads((ROOT / "results/demo_48.json").read_text())["arms"]["admin"]["history"][:2]
+    kept = json.loads((LAB / "results/demo_48.json").read_text())["arms"]["admin"]["history"][:2]
 
     def stop_after_the_first_evaluation(i, model):
         if i > cfg.eval_every:
@@ -379,7 +381,7 @@ def test_a_few_real_steps_of_the_demo_reproduce_its_kept_history():
 def test_one_kept_sweep_cell_trains_again_to_the_same_result():
     """The cheapest run of the stability map (results/stability_map.jsonl), trained again by
     sweep.run_point: the same verdict, steps and accuracy, and its final loss within a float32 bound."""
-    args = sweep.parse_args(["--results", str(ROOT / "results/stability_map.jsonl"), "--device", "cpu",
+    args = sweep.parse_args(["--results", str(LAB / "results/stability_map.jsonl"), "--device", "cpu",
                              "--threads", "2"])
     kept = sweep.load_results(args.results, sweep.fixed_settings(args))
     cheapest = min(kept.values(), key=lambda r: (r["layers"] * r["steps_run"], sweep.run_key(r)))
@@ -394,7 +396,7 @@ def test_one_kept_sweep_cell_trains_again_to_the_same_result():
 def test_one_kept_watched_step_is_recorded_again():
     """The first record (step 10) of the first 192-layer run of results/deep_end_watch_2e-3.json, trained
     again through deep_end.run_watch (train_arm with a watch): its loss, accuracy and output change."""
-    kept = json.loads((ROOT / "results/deep_end_watch_2e-3.json").read_text())
+    kept = json.loads((LAB / "results/deep_end_watch_2e-3.json").read_text())
     argv = ["watch", "--layers", "192", "--arms", "admin", "--lr", "2e-3", "--warmup", "100", "--steps", "400",
             "--repeats", "1", "--device", "cpu"]
     args = deep_end.parse_args(argv)
@@ -417,7 +419,7 @@ def test_what_each_script_prints_is_its_render_of_what_it_returns(capsys):
     returns (--json): the two must be the same text, line for line (the total time apart)."""
     demo = ["--layers", "2", "--steps", "4", "--eval-every", "2", "--warmup", "1", *TINY]
     out = train_toy.main(demo)
-    results = [train_toy.ArmResult.from_json(arm, r) for arm, r in out["arms"].items()]
+    results = [report.arm_result(arm, r) for arm, r in out["arms"].items()]
     rendered = {"train_toy": report.render(train_toy.parse_args(demo), results, out["fold_error"], 0.0)}
     printed = {"train_toy": capsys.readouterr().out}
     out = measure.main(["--layers", "1,2", "--repeats", "2", *TINY])
@@ -450,8 +452,8 @@ def stock_layers_output(argv: list[str]) -> str:
     return stock_layers_example.render(settings, kept["rows"], 0.0)
 
 
-RENDER = {"train_toy.py": demo_output, "measure.py": measure_output, "sweep.py": sweep_output,
-          "bench.py": bench_output, "deep_end.py": deep_end_output,
+RENDER = {"train_toy.py": demo_output, "lab.measure": measure_output, "lab.sweep": sweep_output,
+          "lab.bench": bench_output, "lab.deep_end": deep_end_output,
           "examples.stock_layers": stock_layers_output}
 
 
@@ -483,7 +485,7 @@ def rendered(commands: str) -> str:
 
 @pytest.mark.parametrize("doc", ["README.md", "tutorial.md"])
 def test_every_shown_shell_output_is_what_the_code_prints(doc):
-    pairs = shell_outputs(ROOT / doc)
+    pairs = shell_outputs(REPO / doc)
     assert pairs or doc == "README.md"
     for commands, shown in pairs:
         mismatch = excerpt_mismatch(rendered(commands), shown)
@@ -491,7 +493,7 @@ def test_every_shown_shell_output_is_what_the_code_prints(doc):
 
 
 def test_a_stale_configuration_line_turns_the_check_red():
-    printed = rendered("python train_toy.py --layers 6 --json results/demo_6.json")
+    printed = rendered("python train_toy.py --layers 6 --json lab/results/demo_6.json")
     stale = printed.replace("steps=200, ", "").replace("eval_every=20, ", "eval_every=20, extra=1, ")
     assert excerpt_mismatch(printed, stale) is not None
     assert excerpt_mismatch(printed, printed.replace("lr=0.002", "lr=0.004")) is not None
@@ -503,12 +505,12 @@ def test_a_stale_configuration_line_turns_the_check_red():
 
 def notebook_names(text: str) -> set[str]:
     """The files results/README.md names: every `results/PATH` written alone in backticks."""
-    return set(re.findall(r"`(results/[^`\s]+)`", text))
+    return set(re.findall(r"`(lab/results/[^`\s]+)`", text))
 
 
 def test_results_notebook_names_every_results_file_and_no_other():
-    files = {p.relative_to(ROOT).as_posix() for p in (ROOT / "results").rglob("*") if p.is_file()}
-    files.discard("results/README.md")
-    named = notebook_names((ROOT / "results" / "README.md").read_text())
+    files = {p.relative_to(REPO).as_posix() for p in (LAB / "results").rglob("*") if p.is_file()}
+    files.discard("lab/results/README.md")
+    named = notebook_names((LAB / "results" / "README.md").read_text())
     assert not files - named, f"results/README.md does not name {sorted(files - named)}"
     assert not named - files, f"results/README.md names files that are not there: {sorted(named - files)}"

@@ -10,7 +10,8 @@ import torch
 
 import admin
 import train_toy
-from testing_tools import ACCELERATORS, TINY_RUN, exit_2_error, rel_err, tiny_config
+from lab import cuda_graph
+from lab.testing_tools import ACCELERATORS, TINY_RUN, exit_2_error, rel_err, tiny_config
 
 DEVICES = ["cpu"] + ACCELERATORS
 
@@ -59,13 +60,11 @@ def test_cuda_graph_replays_the_eager_step_or_is_refused_without_cuda(capsys):
     tiny = ["--layers", "2", *TINY_RUN, "--d-model", "16", "--steps", "30", "--eval-every", "5",
             "--warmup", "5"]
     if "cuda" not in ACCELERATORS:
-        err = exit_2_error(train_toy.parse_args, tiny + ["--device", "cpu", "--cuda-graph", "on"], capsys)
-        assert "argument --cuda-graph: on needs --device cuda" in err
-        assert train_toy.parse_args(tiny + ["--device", "cpu"]).cuda_graph is False  # auto: off here
+        err = exit_2_error(cuda_graph.main, tiny + ["--device", "cpu"], capsys)
+        assert "argument --device" in err and "needs cuda, got cpu" in err
         return
-    eager = train_toy.main(tiny + ["--device", "cuda", "--cuda-graph", "off"])
-    graphed = train_toy.main(tiny + ["--device", "cuda", "--cuda-graph", "on"])
-    assert eager["config"]["cuda_graph"] is False and graphed["config"]["cuda_graph"] is True
+    eager = train_toy.main(tiny + ["--device", "cuda"])
+    graphed = cuda_graph.main(tiny + ["--device", "cuda"])
     for arm in ("vanilla", "admin"):
         a, b = eager["arms"][arm], graphed["arms"][arm]
         assert a["steps"] == b["steps"] and a["verdict"] == b["verdict"]

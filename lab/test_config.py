@@ -6,10 +6,10 @@ import dataclasses
 
 import pytest
 
-import bench
-import config
-import deep_end
-import sweep
+from lab import bench
+from lab import config
+from lab import deep_end
+from lab import sweep
 import train_toy
 
 SMALL = ["--d-model", "8", "--n-heads", "2", "--digits", "3", "--batch-size", "8", "--threads", "1",
@@ -58,10 +58,9 @@ def test_a_flag_given_wins_over_the_depth_and_the_reason_names_only_what_the_dep
 
 
 def test_a_script_without_a_flag_trains_with_the_demos_default():
-    """deep_end and bench have no --omega, --eval-every or --cuda-graph: closed-form ω, the demo's
-    evaluations, eager steps."""
+    """deep_end and bench have no --omega or --eval-every: closed-form ω, the demo's evaluations."""
     _, cfg = bench.parse_args(SMALL)
-    assert (cfg.omega, cfg.eval_every, cfg.cuda_graph) == ("closed", config.EVAL_EVERY, False)
+    assert (cfg.omega, cfg.eval_every) == ("closed", config.EVAL_EVERY)
 
 
 @pytest.mark.parametrize("layers", [48, 192])
@@ -69,7 +68,7 @@ def test_a_command_line_without_schedule_flags_trains_on_the_schedule_of_its_dep
     """Kills: a setting that the command line lacks taken as dataclasses' MISSING instead of unset
     (None), so the depth's schedule is not filled in. measure.py, for one, has no --steps, --lr or
     --warmup: its models train (deep_end, the docs' live checks) on the schedule of their depth."""
-    given = vars(config.build_parser().parse_args(["--device", "cpu"]))
+    given = vars(train_toy.build_parser().parse_args(["--device", "cpu"]))
     args = argparse.Namespace(**{k: v for k, v in given.items() if k not in ("steps", "lr", "warmup")})
     cfg = config.train_config(args, layers=layers)
     assert {k: getattr(cfg, k) for k in ("steps", "lr", "warmup")} == config.schedule_for(layers)

@@ -1,7 +1,7 @@
 """The deep end, measured: what one real optimizer step changes, and deep runs watched step by step.
 
-    python deep_end.py step --layers 12,48,96,192 --arms vanilla,admin,preln,deepnorm --repeats 3
-    python deep_end.py watch --layers 192 --arms admin,deepnorm --lr 2e-3 --warmup 100 --repeats 3
+    python -m lab.deep_end step --layers 12,48,96,192 --arms vanilla,admin,preln,deepnorm --repeats 3
+    python -m lab.deep_end watch --layers 192 --arms admin,deepnorm --lr 2e-3 --warmup 100 --repeats 3
 
 `step`: measure.py perturbs a fresh model by ±δ with random signs; a training step is Adam's update,
 which is neither small nor random. For each model (seeds seed, seed + 1, …) this takes the real first
@@ -39,11 +39,11 @@ import torch
 import torch.nn.functional as F
 
 import admin
-import cli
-import config
+from lab import cli
+from lab import config
 import train_toy
-from config import TrainConfig
-from measure import quartiles, relative_change
+from lab.config import TrainConfig
+from lab.measure import quartiles, relative_change
 
 VARIANTS = ("admin-frozen-ln", "admin-fixed-omega", "alpha-only", "admin-beta")
 GROUPS = ("branches", "LayerNorm affine", "omega", "embeddings", "head")

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import config
-import report
+from lab import config
+from lab import report
 import train_toy
-from testing_tools import TINY_RUN, command_line_error, exit_2_error, run_as_main
+from lab.testing_tools import TINY_RUN, command_line_error, exit_2_error, run_as_main
 
 ROOT = Path(__file__).parent
 TINY = ["--layers", "1", *TINY_RUN]
@@ -178,7 +178,7 @@ def test_bad_input_exits_2_naming_the_flag(argv, flag, capsys):
 def test_up_to_48_layers_the_demo_keeps_its_own_settings(layers):
     args = train_toy.parse_args(["--layers", str(layers)])
     assert (args.lr, args.warmup, args.steps) == (2e-3, 50, 200)
-    assert "schedule" not in config.configuration(args)  # the configuration line is today's
+    assert "schedule" not in train_toy.configuration(args)  # the configuration line is today's
 
 
 @pytest.mark.parametrize("layers", [49, 96, 100, 192, 384, 512])
@@ -189,7 +189,7 @@ def test_deeper_the_peak_falls_as_the_square_root_of_depth(layers):
     assert (args.warmup, args.steps) == (100, 400)
     twice = train_toy.parse_args(["--layers", str(2 * layers)])
     assert abs(twice.lr / args.lr * 2 ** 0.5 - 1) < 1.01e-2  # one √2 step per doubling (two roundings)
-    reason = config.configuration(args)["schedule"]
+    reason = train_toy.configuration(args)["schedule"]
     assert f"{layers} > 48 layers" in reason and f"lr {args.lr:g}" in reason and "Section 12" in reason
 
 
@@ -198,13 +198,13 @@ def test_flags_given_win_and_the_reason_names_only_what_the_depth_set():
     assert (args.lr, args.warmup, args.steps) == (3e-3, 100, 50)
     assert "warmup 100" in args.schedule and "lr 0" not in args.schedule and "steps" not in args.schedule
     given = train_toy.parse_args(["--layers", "192", "--lr", "3e-3", "--steps", "50", "--warmup", "7"])
-    assert given.schedule is None and "schedule" not in config.configuration(given)
+    assert given.schedule is None and "schedule" not in train_toy.configuration(given)
 
 
 def test_a_deep_admin_that_fails_is_told_what_to_change():
     stuck = [train_toy.ArmResult(arm, history=[[0, 2.3, 0.0], [400, 2.3, 0.0]], steps=400)
              for arm in ("vanilla", "admin")]
-    advice = report.conclusion(stuck, 384, 7.07e-4, 100)
+    advice = train_toy.conclusion(stuck, train_toy.TrainConfig(layers=384, lr=7.07e-4, warmup=100))
     assert "admin did not learn at peak lr 0.000707 with 100 warm-up steps" in advice
     assert "--lr 0.00035" in advice  # half of 7.07e-4, to 2 figures
     assert "--warmup 200" in advice  # twice the warm-up
@@ -212,7 +212,7 @@ def test_a_deep_admin_that_fails_is_told_what_to_change():
 
 def test_bad_input_on_the_real_command_line_has_no_traceback():
     err = command_line_error("train_toy.py", ["--layers", "0"])
-    assert "argument --layers: must be a whole number >= 1, got '0'" in err
+    assert "argument --layers" in err and ">= 1" in err and "got 0" in err
 
 
 def test_plot_without_matplotlib_is_a_clear_error(monkeypatch, capsys, tmp_path):
@@ -221,8 +221,8 @@ def test_plot_without_matplotlib_is_a_clear_error(monkeypatch, capsys, tmp_path)
 
 
 def test_fold_verdict_says_rounding_below_the_bound_and_the_number_above_it():
-    assert report.fold_verdict(3e-7) == "same logits (relative error < 1e-04: float32 rounding)"
-    assert report.fold_verdict(2e-2) == "logits DIFFER (relative error 2.0e-02 >= 1e-04)"
+    assert train_toy.summary_table([], 3e-7).endswith("same logits (relative error < 1e-04: float32 rounding)")
+    assert train_toy.summary_table([], 2e-2).endswith("logits DIFFER (relative error 2.0e-02 >= 1e-04)")
 
 
 def test_profiled_omega_is_profiled_on_the_first_training_batch_before_any_step(monkeypatch, capsys):
@@ -305,4 +305,4 @@ def test_evaluation_is_exact_match_of_whole_answers_in_eval_mode():
     (1.0, 7, "diverged at step 7"), (0.0, 0, "diverged at step 0")])
 def test_the_verdict_rule(accuracy, diverged_at, verdict):
     r = train_toy.ArmResult("admin", history=[[0, 2.3, 0.0], [20, 1.0, accuracy]], diverged_at=diverged_at)
-    assert r.verdict == train_toy.verdict_of(r) == verdict
+    assert r.verdict == verdict
