@@ -30,7 +30,6 @@ Imports torch and admin alone; the lab (lab/) builds its runs from this file's T
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import os
@@ -134,7 +133,7 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between evaluations")
     add_model_flags(p)
     p.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
-    p.add_argument("--plot", metavar="PATH", help="write a PNG of the curves (needs matplotlib)")
+    p.add_argument("--plot", metavar="PATH", help="write a PNG of the curves, if matplotlib is installed")
     return p
 
 
@@ -175,8 +174,6 @@ def finish(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Nam
         path = getattr(args, flag[2:], None)
         if path and (os.path.isdir(path) or not os.access(os.path.dirname(os.path.abspath(path)), os.W_OK)):
             p.error(f"argument {flag}: cannot write to {path!r} (need a writable file path)")
-    if getattr(args, "plot", None) and importlib.util.find_spec("matplotlib") is None:
-        p.error("argument --plot: needs matplotlib, which is optional: pip install matplotlib")
     return args
 
 
@@ -500,13 +497,24 @@ def result_json(r: ArmResult) -> dict:
             "examples": r.examples, "eval_seconds": r.eval_seconds, "last_finite_loss": r.last_finite_loss}
 
 
-def plot_curves(path: str, results: list[ArmResult], cfg: TrainConfig) -> None:
-    """The held-out loss curves as a PNG (matplotlib, which finish() has made sure is there)."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no window
+def pyplot():
+    """matplotlib.pyplot, drawing to files only, or None where matplotlib (optional) is missing."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_curves(path: str, results: list[ArmResult], cfg: TrainConfig) -> str:
+    """The held-out loss curves as a PNG at `path`, and the line that says so. matplotlib is optional:
+    without it, the line says how to get the figure (the text plot above shows the same curves)."""
+    plt = pyplot()
+    if plt is None:
+        return no_figure(path)
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
     for r in results:
         ax.plot([h[0] for h in r.history], [h[1] for h in r.history], label=f"{r.arm}: {r.verdict}")
@@ -517,6 +525,11 @@ def plot_curves(path: str, results: list[ArmResult], cfg: TrainConfig) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+    return f"wrote {path}"
+
+
+def no_figure(path: str) -> str:
+    return f"no figure at {path}: drawing it needs matplotlib, which is optional (pip install matplotlib)"
 
 
 def main(argv: list[str] | None = None, new_step=make_step) -> dict:
@@ -534,8 +547,7 @@ def main(argv: list[str] | None = None, new_step=make_step) -> dict:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)
     if args.plot:
-        plot_curves(args.plot, results, cfg)
-        log(f"wrote {args.plot}")
+        log(plot_curves(args.plot, results, cfg))
     return out
 
 

@@ -95,10 +95,10 @@ def finish(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Nam
     return args
 
 
-def check_outputs(p: argparse.ArgumentParser, paths: dict[str, str | None],
-                  plots: tuple[str, ...] = ("--plot",)) -> None:
-    """Exit 2, naming the flag, for an output path that is not a writable file, and for a plot flag
-    (`plots`: the flags whose file matplotlib draws) given without matplotlib (which is optional)."""
+def check_outputs(p: argparse.ArgumentParser, paths: dict[str, str | None], plots: tuple[str, ...] = ()) -> None:
+    """Exit 2, naming the flag, for an output path that is not a writable file, and for a flag whose
+    whole product is a figure (`plots`: diagram's --out) given without matplotlib (which is optional).
+    A --plot beside other output is not refused: write_outputs says how to get the figure instead."""
     for flag, path in paths.items():
         if path is None:
             continue
@@ -124,20 +124,19 @@ def configuration(settings: dict, skip=("json", "plot")) -> dict:
 
 
 def write_outputs(args: argparse.Namespace, out: dict, plot: Callable[[str], None], log) -> None:
-    """--json PATH: `out` as JSON; --plot PATH: plot(PATH), and say where it went."""
+    """--json PATH: `out` as JSON; --plot PATH: plot(PATH), and say where it went (or, without
+    matplotlib, how to get it)."""
     if getattr(args, "json", None):
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)
     if getattr(args, "plot", None):  # a script with no --plot flag has none
-        plot(args.plot)
-        log(f"wrote {args.plot}")
+        if train_toy.pyplot() is None:
+            log(train_toy.no_figure(args.plot))
+        else:
+            plot(args.plot)
+            log(f"wrote {args.plot}")
 
 
 def pyplot():
-    """matplotlib.pyplot on the file-only Agg backend (check_outputs has made sure it is there)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    """matplotlib.pyplot on the file-only Agg backend (the caller has made sure it is there)."""
+    return train_toy.pyplot()
