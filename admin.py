@@ -140,17 +140,18 @@ def deepnorm_beta(n_layers: int) -> float:
 # ---------------------------------------------------------------------------------------------------
 
 
-def omega_scalar(value: float) -> Tensor:
-    """ω as one fixed number, a tensor of shape (1,) that broadcasts over every feature."""
+def omega_scalar(value: float, *, device=None, dtype=None) -> Tensor:
+    """ω as one fixed number, a tensor of shape (1,) that broadcasts over every feature: `value`, a
+    float64, rounded once to dtype (default: torch's default dtype) on device."""
     if not (isinstance(value, numbers.Real) and math.isfinite(value)):
         raise ValueError(f"ω must be a finite number, got {value!r}")
-    return torch.tensor([float(value)])
+    return torch.tensor([float(value)], device=device, dtype=dtype)
 
 
-def omega_vector(value: float, embed_dim: int | None) -> nn.Parameter:
+def omega_vector(value: float, embed_dim: int | None, *, device=None, dtype=None) -> nn.Parameter:
     """ω as a trainable vector, one entry per feature (C = embed_dim), each starting at `value`."""
     C = whole_number(embed_dim, "embed_dim", "the feature size; a trainable ω vector needs it")
-    return nn.Parameter(omega_scalar(value).expand(C).clone())
+    return nn.Parameter(omega_scalar(value, device=device, dtype=dtype).expand(C).clone())
 
 
 class OmegaResidual(nn.Module):
@@ -158,15 +159,16 @@ class OmegaResidual(nn.Module):
 
     init_value: ω_i at initialization. as_parameter: False keeps ω a fixed scalar buffer (shape (1,));
     True makes it a trainable vector with one entry per feature, as the paper trains it, and then
-    embed_dim (C) is required.
+    embed_dim (C) is required. device, dtype: where and in what ω is stored, as torch's factory keywords.
     """
 
-    def __init__(self, init_value: float, as_parameter: bool = False, embed_dim: int | None = None):
+    def __init__(self, init_value: float, as_parameter: bool = False, embed_dim: int | None = None, *,
+                 device=None, dtype=None):
         super().__init__()
         if as_parameter:
-            self.omega = omega_vector(init_value, embed_dim)
+            self.omega = omega_vector(init_value, embed_dim, device=device, dtype=dtype)
         else:
-            self.register_buffer("omega", omega_scalar(init_value))
+            self.register_buffer("omega", omega_scalar(init_value, device=device, dtype=dtype))
 
     def forward(self, x: Tensor, f_x: Tensor) -> Tensor:
         # ω_i ⊙ x_{i-1} + f_i(x_{i-1})
@@ -552,7 +554,9 @@ def reparameterize(model: PostLNTransformer) -> PostLNTransformer:
 #
 # Both lean on torch's private branch methods _sa_block, _mha_block and _ff_block (each returns
 # f_i(x_{i-1}) with its dropout), so the masks, is_causal, activation and batch_first behave exactly as
-# in torch's layers; .ci/torch-range runs their tests at both ends of our torch range.
+# in torch's layers; the encoder also on F._canonical_mask (its layer's mask conversion) and on
+# torch._nested_tensor_from_tensor_list (torch.nested.as_nested_tensor's, which TorchScript can call).
+# .ci/torch-range runs their tests at both ends of our torch range.
 # ---------------------------------------------------------------------------------------------------
 
 
@@ -571,30 +575,46 @@ class TransformerEncoderLayer(nn.TransformerEncoderLayer):
     encoder layer, for calculate_init; output_change_scale as there; as_parameter: True (default) for
     the paper's trainable vector ω, False for admin-torch's fixed scalar. The state dict is torch's
     plus res1.omega and res2.omega, so once fold() has folded ω the rest loads with strict=True into
-    torch's layer. Inside nn.TransformerEncoder's nested-tensor path (eval mode with a padding mask) it
-    pads, runs, and nests again.
+    torch's layer. A nested input (nn.TransformerEncoder's path in eval mode with a padding mask) is
+    padded, run and nested again, its gradients kept. What cannot hold: torch's fused fast path
+    (torch._transformer_encoder_layer_fwd, eval without gradients) is never taken, since ω sits between
+    its operations. This layer always runs the composite path torch's runs in training: the same values
+    to rounding, except that a row whose keys are all masked may be NaN in one and finite in the other,
+    and that torch's fused kernel gives NaN under a float src_mask with finite entries (2.13, CPU).
     """
 
     def __init__(self, *args, num_res_layers: int, output_change_scale: str = "default",
                  as_parameter: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         refuse_pre_ln(self)
-        C = self.linear1.in_features
+        w = self.linear1.weight  # ω on its device, in its dtype: torch's device= and dtype= hold for ω too
         omega = calculate_init(num_res_layers, output_change_scale)
-        self.res1, self.res2 = (OmegaResidual(omega, as_parameter, C) for _ in range(2))
+        self.res1, self.res2 = (OmegaResidual(omega, as_parameter, w.size(1), device=w.device, dtype=w.dtype)
+                                for _ in range(2))
 
     def forward(self, src: Tensor, src_mask: Tensor | None = None,
                 src_key_padding_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
-        if src.is_nested:  # ω ⊙ x needs a dense tensor: pad, mask the padding, nest the result again
-            lengths = [t.size(0) for t in src.unbind()]
-            x = src.to_padded_tensor(0.0)  # (B, T, C)
-            padding = torch.arange(x.size(1), device=x.device) >= torch.tensor(lengths, device=x.device)[:, None]
-            y = self.forward(x, src_mask, padding, is_causal)  # padding: (B, T), True where padded
-            return torch.nested.nested_tensor([y[b, :n] for b, n in enumerate(lengths)])
-        x = src
+        if src.is_nested:
+            return self._nested_forward(src, src_mask, is_causal)
+        return self._post_ln(src, src_mask, src_key_padding_mask, is_causal)
+
+    def _post_ln(self, x: Tensor, src_mask: Tensor | None, src_key_padding_mask: Tensor | None,
+                 is_causal: bool) -> Tensor:
+        # masks converted (bool to float) as torch's layer does, so a fully masked row gives what it gives
+        src_key_padding_mask = F._canonical_mask(src_key_padding_mask, "src_key_padding_mask",
+                                                 F._none_or_dtype(src_mask), "src_mask", x.dtype)
+        src_mask = F._canonical_mask(src_mask, "src_mask", None, "", x.dtype, check_other=False)
         # Post-LN with ω: x_i = LN(ω_i ⊙ x_{i-1} + f_i(x_{i-1}))
         x = self.norm1(self.res1(x, self._sa_block(x, src_mask, src_key_padding_mask, is_causal=is_causal)))
         return self.norm2(self.res2(x, self._ff_block(x)))
+
+    def _nested_forward(self, src: Tensor, src_mask: Tensor | None, is_causal: bool) -> Tensor:
+        """ω ⊙ x needs a dense tensor: pad, mask the padding, run, nest again, autograd kept throughout."""
+        lengths = [t.size(0) for t in src.unbind()]
+        x = src.to_padded_tensor(0.0)  # (B, T, C)
+        padding = torch.arange(x.size(1), device=x.device) >= torch.tensor(lengths, device=x.device)[:, None]
+        y = self._post_ln(x, src_mask, padding, is_causal)  # padding: (B, T), True where padded
+        return torch._nested_tensor_from_tensor_list([y[b, :n] for b, n in enumerate(lengths)])
 
 
 class TransformerDecoderLayer(nn.TransformerDecoderLayer):
@@ -611,9 +631,10 @@ class TransformerDecoderLayer(nn.TransformerDecoderLayer):
                  as_parameter: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         refuse_pre_ln(self)
-        C = self.linear1.in_features
+        w = self.linear1.weight  # ω on its device, in its dtype: torch's device= and dtype= hold for ω too
         omega = calculate_init(num_res_layers, output_change_scale)
-        self.res1, self.res2, self.res3 = (OmegaResidual(omega, as_parameter, C) for _ in range(3))
+        self.res1, self.res2, self.res3 = (OmegaResidual(omega, as_parameter, w.size(1), device=w.device,
+                                                         dtype=w.dtype) for _ in range(3))
 
     def forward(self, tgt: Tensor, memory: Tensor, tgt_mask: Tensor | None = None,
                 memory_mask: Tensor | None = None, tgt_key_padding_mask: Tensor | None = None,
