@@ -594,7 +594,10 @@ class TransformerEncoderLayer(nn.TransformerEncoderLayer):
 
     def forward(self, src: Tensor, src_mask: Tensor | None = None,
                 src_key_padding_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
-        if src.is_nested:
+        if src.is_nested:  # batch-first, its padding its own: a second padding mask would go unread
+            if src_key_padding_mask is not None or not self.self_attn.batch_first:
+                raise ValueError("a nested input needs batch_first=True and src_key_padding_mask=None, got "
+                                 f"batch_first={self.self_attn.batch_first}, a mask: {src_key_padding_mask is not None}")
             return self._nested_forward(src, src_mask, is_causal)
         return self._post_ln(src, src_mask, src_key_padding_mask, is_causal)
 

@@ -374,3 +374,17 @@ def test_torchs_fused_kernel_is_never_called_and_the_docstring_says_so(monkeypat
         assert calls == [1], "a hook sends torch's layer down its composite path"
     doc = " ".join(admin.TransformerEncoderLayer.__doc__.split())
     assert "fused fast path" in doc and "never taken" in doc, "the docstring says what cannot hold"
+
+
+@pytest.mark.parametrize("batch_first, with_mask", [(True, True), (False, False)])
+def test_a_nested_input_with_a_second_padding_mask_or_not_batch_first_is_refused(batch_first, with_mask):
+    """A nested input is batch-first and carries its own padding: a padding mask beside it would be
+    ignored, and batch_first=False would read (B, T, C) as (T, B, C). Both are refused, not guessed."""
+    layer = admin.TransformerEncoderLayer(8, 2, dim_feedforward=16, dropout=0.0, batch_first=batch_first,
+                                          num_res_layers=2).eval()
+    src = torch.nested.nested_tensor([torch.randn(3, 8), torch.randn(2, 8)])
+    mask = torch.zeros(2, 3, dtype=torch.bool) if with_mask else None
+    with pytest.raises(ValueError) as error:
+        layer(src, src_key_padding_mask=mask)
+    assert f"batch_first={batch_first}" in str(error.value) and "batch_first=True" in str(error.value)
+    assert f"a mask: {with_mask}" in str(error.value) and "src_key_padding_mask=None" in str(error.value)
