@@ -560,10 +560,15 @@ def reparameterize(model: PostLNTransformer) -> PostLNTransformer:
 # ---------------------------------------------------------------------------------------------------
 
 
-def refuse_pre_ln(layer: nn.Module) -> None:
+def post_ln_shortcuts(layer: nn.Module, count: int, num_res_layers: int, output_change_scale: str,
+                      trainable: bool) -> list[OmegaResidual]:
+    """The `count` ω residuals of one of torch's layers, on its device and in its dtype (torch's device=
+    and dtype= hold for ω too); a Pre-LN layer (norm_first=True) refused."""
     if layer.norm_first:
         raise ValueError(f"{type(layer).__name__}: norm_first=True builds Pre-LN, and Admin scales Post-LN "
                          "shortcuts: use norm_first=False (torch's default)")
+    w, omega = layer.linear1.weight, calculate_init(num_res_layers, output_change_scale)
+    return [OmegaResidual(omega, trainable, w.size(1), device=w.device, dtype=w.dtype) for _ in range(count)]
 
 
 class TransformerEncoderLayer(nn.TransformerEncoderLayer):
@@ -586,11 +591,7 @@ class TransformerEncoderLayer(nn.TransformerEncoderLayer):
     def __init__(self, *args, num_res_layers: int, output_change_scale: str = "default",
                  as_parameter: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
-        refuse_pre_ln(self)
-        w = self.linear1.weight  # ω on its device, in its dtype: torch's device= and dtype= hold for ω too
-        omega = calculate_init(num_res_layers, output_change_scale)
-        self.res1, self.res2 = (OmegaResidual(omega, as_parameter, w.size(1), device=w.device, dtype=w.dtype)
-                                for _ in range(2))
+        self.res1, self.res2 = post_ln_shortcuts(self, 2, num_res_layers, output_change_scale, as_parameter)
 
     def forward(self, src: Tensor, src_mask: Tensor | None = None,
                 src_key_padding_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
@@ -633,11 +634,8 @@ class TransformerDecoderLayer(nn.TransformerDecoderLayer):
     def __init__(self, *args, num_res_layers: int, output_change_scale: str = "default",
                  as_parameter: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
-        refuse_pre_ln(self)
-        w = self.linear1.weight  # ω on its device, in its dtype: torch's device= and dtype= hold for ω too
-        omega = calculate_init(num_res_layers, output_change_scale)
-        self.res1, self.res2, self.res3 = (OmegaResidual(omega, as_parameter, w.size(1), device=w.device,
-                                                         dtype=w.dtype) for _ in range(3))
+        self.res1, self.res2, self.res3 = post_ln_shortcuts(self, 3, num_res_layers, output_change_scale,
+                                                            as_parameter)
 
     def forward(self, tgt: Tensor, memory: Tensor, tgt_mask: Tensor | None = None,
                 memory_mask: Tensor | None = None, tgt_key_padding_mask: Tensor | None = None,
