@@ -7,6 +7,7 @@ load, a position table the model rebuilds), the float64 copy that fails, and the
 import copy
 import math
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -442,3 +443,14 @@ def test_the_first_omega_hint_offers_what_works_after_training():
     assert admin.fold(model, *batch(0), embeddings=model.embeddings()).change <= admin.FOLD_BOUND
     assert admin.fold(admin_seq2seq(fixed_first=True), *batch(0)).change <= admin.FOLD_BOUND
 
+
+def test_the_hugging_face_output_the_tutorial_shows_is_the_kept_one():
+    """tutorial.md Section 14 shows lines of `bash .ci/hf-check`'s output in ```console blocks; nothing
+    here can run it (transformers is not our dependency), so each shown line must be a line of the kept
+    lab/results/hf_check.txt."""
+    root = Path(__file__).parent
+    kept = set((root / "lab/results/hf_check.txt").read_text().splitlines())
+    blocks = re.findall(r"```console\n(.*?)```", (root / "tutorial.md").read_text(), flags=re.S)
+    shown = [line for block in blocks for line in block.splitlines() if line]
+    assert len(shown) >= 20, f"{len(shown)} lines shown"
+    assert all(line in kept for line in shown), [line for line in shown if line not in kept][:3]
