@@ -41,9 +41,11 @@ Or use the small causal Transformer below, profile ω on a batch, train, and fol
 
 Your own model works the same way: profile_omega(model, *inputs, stacks=[...]) sets every
 OmegaResidual it meets in the forward pass, and fold(model, *inputs) folds every ω, checks on those
-inputs that the outputs did not move, and returns a state dict without ω. PyTorch's own layers with ω
-are TransformerEncoderLayer and TransformerDecoderLayer below (section 6): change the class name, add
-num_res_layers, and the folded weights load strictly into torch's classes (tutorial.md Section 14).
+inputs that the outputs did not move, and returns a state dict without ω, whose load_into(stock) loads
+it into your unmodified model and checks it there. PyTorch's own layers with ω are
+TransformerEncoderLayer and TransformerDecoderLayer below (section 6): change the class name, add
+num_res_layers. A Post-LN model that adds its residuals inline (Hugging Face's BERT, BART, FSMT) gets ω
+from attach_omega(layers, norms), one call per stack, its forward untouched (tutorial.md Section 14).
 
 Tensor dimensions, used in shape comments: B batch, T sequence length, C d_model, V vocab_size.
 
@@ -650,7 +652,7 @@ class TransformerDecoderLayer(nn.TransformerDecoderLayer):
 
 
 # ---------------------------------------------------------------------------------------------------
-# 7. A fold that checks itself: every ω of any model, its plan read off one forward pass
+# 7. Any Post-LN model: ω on the shortcuts its layers add inline, and a fold that checks itself
 # ---------------------------------------------------------------------------------------------------
 
 # The fold is exact in exact arithmetic, so in float64 only rounding moves the outputs: 2⁻⁵³ ≈ 1.1e-16
@@ -661,6 +663,70 @@ class TransformerDecoderLayer(nn.TransformerDecoderLayer):
 FOLD_BOUND = 1e-9
 
 NORMS = (nn.LayerNorm, nn.RMSNorm)  # the producers a trace recognizes: x_{i-1} = γ ⊙ u (+ b)
+
+
+class InlineShortcuts:
+    """attach_omega's hooks on one layer: bound methods, so copy.deepcopy(model) rebinds them to the copy."""
+
+    def __init__(self, names: list[str], norms: list[nn.Module]):
+        self.names, self.norms, self.x, self.next = names, norms, None, len(norms)
+
+    def enter(self, layer: nn.Module, args: tuple, kwargs: dict) -> None:
+        self.x, self.next = [*args, *kwargs.values()][0], 0  # the first sub-layer's x: the layer's input
+
+    def before_norm(self, norm: nn.Module, args: tuple) -> tuple[Tensor]:
+        name, due = self.names[self.norms.index(norm)], (self.names + ["none"])[self.next]
+        if name != due:
+            raise ValueError(f"attach_omega: norm {name!r} was called where {due!r} was due: each of "
+                             f"{self.names} must be called once per pass of its layer, in that order")
+        if args[0] is self.x:
+            raise ValueError(f"attach_omega: norm {name!r} reads the layer's input x itself, not x + f(x): "
+                             "that is Pre-LN, whose shortcut Admin does not scale; name Post-LN norms only")
+        # Post-LN with ω: the norm's input s = x + f(x) becomes ω ⊙ x + (s − x)
+        return (norm.residual(self.x, args[0] - self.x),)
+
+    def after_norm(self, norm: nn.Module, args: tuple, output: Tensor) -> None:
+        self.x, self.next = output, self.next + 1  # the next sub-layer's input x
+
+    def leave(self, layer: nn.Module, args: tuple, output) -> None:
+        if self.next < len(self.norms):
+            raise ValueError(f"attach_omega: a pass of {type(layer).__name__} did not call norm "
+                             f"{self.names[self.next]!r}: each of {self.names} must be called once per pass")
+        self.x = None
+
+
+def attach_omega(layers: nn.ModuleList | list[nn.Module], norms: list[str], *, fixed_first: bool = False,
+                 output_change_scale: str = "default", **options) -> list[OmegaResidual]:
+    """ω on every shortcut of a stack of Post-LN layers that add it inline, norm(x + f(x)), their forward
+    untouched: norms names each layer's Post-LN norms in call order, e.g. for Hugging Face BART's encoder
+    attach_omega(model.model.encoder.layers, ["self_attn_layer_norm", "final_layer_norm"]). A pre-hook
+    rewrites a norm's input s = x + f(x) as ω ⊙ x + (s − x), x being the layer's input, then the previous
+    norm's output; the OmegaResidual sits on the norm (<norm>.residual), where profile_omega and fold find
+    it. ω = calculate_init(len(layers) * len(norms), output_change_scale); options: as_parameter (True) and
+    embed_dim, as OmegaResidual's. fixed_first: the stack's first ω stays 1 (a buffer), so nothing folds
+    into tied or regenerated embeddings. Refused: a name that is no norm; norms called out of order or not
+    once per layer pass; a Pre-LN first norm. Not checked: that the layer adds this x."""
+    layers, residuals = list(layers), []
+    if isinstance(norms, str) or not norms or len(set(norms)) < len(norms):
+        raise ValueError(f"attach_omega: norms must list a layer's Post-LN norms once each, got {norms!r}")
+    omega = calculate_init(len(layers) * len(norms), output_change_scale)
+    for layer in layers:
+        modules = dict(layer.named_modules())
+        have = [name for name, m in modules.items() if isinstance(m, NORMS) and not hasattr(m, "residual")]
+        if not set(norms) <= set(have):
+            raise ValueError(f"attach_omega: {next(n for n in norms if n not in have)!r} is no LayerNorm or "
+                             f"RMSNorm without ω of {type(layer).__name__}; those it has: {have}")
+        hooks = InlineShortcuts(list(norms), [modules[name] for name in norms])
+        layer.register_forward_pre_hook(hooks.enter, with_kwargs=True)
+        layer.register_forward_hook(hooks.leave)
+        for norm in hooks.norms:
+            norm.residual = (OmegaResidual(1.0) if fixed_first and not residuals else OmegaResidual(
+                omega, **{"as_parameter": True, "embed_dim": norm.normalized_shape[-1], **options})
+                             ).to(next(layer.parameters(), torch.empty(0)))  # the layer's dtype and device
+            norm.register_forward_pre_hook(hooks.before_norm)
+            norm.register_forward_hook(hooks.after_norm)
+            residuals.append(norm.residual)
+    return residuals
 
 
 class Rows(NamedTuple):
@@ -764,6 +830,13 @@ def stack_inputs(model: nn.Module, trace: Trace, embeddings: dict[nn.Module, lis
                                  "buffer of the model (pass the whole table, not a slice of it), so ω cannot "
                                  "be folded into it: positions computed on the fly (sinusoids) must be stored "
                                  "as a buffer and named here")
+            name = names[storage_key(t)][0]
+            owner = model.get_submodule(name.rpartition(".")[0])
+            if isinstance(owner, nn.Embedding) and type(owner).forward is not nn.Embedding.forward:
+                raise ValueError(f"fold: a {type(owner).__name__} reads {name!r} with a forward of its own, "
+                                 "which may compute the table again (FSMT's and Marian's sinusoids do, for a "
+                                 "longer input), dropping the ω folded into it. Train with the stack's first ω "
+                                 "at 1 (attach_omega's fixed_first=True): nothing folds into the embeddings then")
         first_of[inside[0]] = tuple(Rows(names[storage_key(t)][0]) for t in tensors)
     return first_of
 
@@ -810,10 +883,10 @@ def fold_plan(model: nn.Module, *inputs, embeddings: dict[nn.Module, list[Tensor
         else:
             raise ValueError(
                 f"fold: the shortcut input x of {name!r} is no LayerNorm's output and its ω is not 1. If it "
-                "is a stack's input x_0, pass embeddings={stack: [the tensors that sum to x_0]} (or "
-                "profile ω, which starts every stack at ω = 1); if an operation between the LayerNorm and "
-                "this sub-layer changes x, ω cannot be folded there; else check the call: forward(x, f_x) "
-                "takes the shortcut x (the sub-layer's input) first, the branch's output f_x second")
+                "is a stack's input x_0, pass embeddings={stack: [the tensors that sum to x_0]} (a stack "
+                "built with its first ω at 1 needs none: attach_omega's fixed_first=True); if an operation "
+                "between the LayerNorm and this sub-layer changes x, ω cannot be folded there; else check the "
+                "call: forward(x, f_x) takes the shortcut x (the sub-layer's input) first, the branch f_x second")
         readers = merged_rows(trace.read_by.get(key, []), model)
         if not readers:
             raise ValueError(f"fold: no nn.Linear, nn.MultiheadAttention or CausalSelfAttention reads the "
@@ -833,6 +906,19 @@ def check_plan(model: nn.Module, plan: list[FoldStep]) -> None:
             raise ValueError(f"fold: the plan folds {name!r}, which is no OmegaResidual of the model")
         if folded.count(name) > 1:
             raise ValueError(f"fold: the plan folds {name!r} twice: its ω would be applied twice")
+    named = [rows.name for step in plan for rows in (*step.producers, *step.readers)]
+    if any(name not in state for name in named):
+        raise ValueError(f"fold: the plan names {next(n for n in named if n not in state)!r}, which the model "
+                         "does not have")
+    path = lambda name: "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in name.split("."))
+    groups = [g for g in dict.fromkeys(tuple(tied_names[storage_key(state[n])]) for n in named) if len(g) > 1]
+    untie = "".join(f"    model{path(n)} = nn.Parameter(model{path(g[0])}.detach().clone())\n"
+                    for g in groups for n in g[1:])
+    if untie:  # every tie at once, with the lines that undo it
+        raise ValueError(f"fold: {', '.join(groups[0])} are one tensor, so ω would change each. Untie every tie "
+                         f"(model: the one you fold):\n{untie}then load the result into a model built untied (one "
+                         "built tied writes one folded table over another), or train with each stack's first ω "
+                         "at 1 (attach_omega's fixed_first=True)")
     for kind in ("producers", "readers"):
         used = [str(rows) for step in plan for rows in getattr(step, kind)]
         again = sorted({r for r in used if used.count(r) > 1})
@@ -840,15 +926,6 @@ def check_plan(model: nn.Module, plan: list[FoldStep]) -> None:
             raise ValueError(f"fold: the plan lists {again[0]!r} among the {kind} of two steps, so ω would "
                              "be folded into it twice: give each stack its own embedding, each sub-layer "
                              "its own LayerNorm")
-    for step in plan:
-        for rows in (*step.producers, *step.readers):
-            if rows.name not in state:
-                raise ValueError(f"fold: the plan names {rows.name!r}, which the model does not have")
-            tied = [n for n in tied_names[storage_key(state[rows.name])] if n != rows.name]
-            if tied:
-                raise ValueError(f"fold: {rows.name!r} is tied to {tied[0]!r} (one tensor under two "
-                                 "names), so ω would change both: untie it first, e.g. "
-                                 f"model.{tied[0]} = nn.Parameter(model.{rows.name}.detach().clone())")
 
 
 def apply_plan(model: nn.Module, plan: list[FoldStep]) -> None:
@@ -919,10 +996,26 @@ def first_bad_step(model: nn.Module, plan: list[FoldStep], inputs: tuple, kwargs
 
 
 class Folded(NamedTuple):
-    """What fold returns."""
+    """What fold returns; load_into(stock) loads it into your unmodified model and checks it there."""
 
     state_dict: dict[str, Tensor]  # the model's, without ω (a copy): loads strictly without ω
     change: float  # the float64 check: how far the folded outputs moved, relative (<= FOLD_BOUND)
+    example: tuple  # fold's example call: (inputs, kwargs)
+    reference: list[Tensor]  # the outputs before the fold, on the example, float64
+    bound: float  # load_into's: 10 × the model's own rounding on the example (its dtype vs float64)
+
+    def load_into(self, stock: nn.Module) -> nn.Module:
+        """state_dict loaded strictly into `stock`, checked: a ValueError unless it gives the outputs from
+        before the fold on fold's example (a strict load can succeed and be wrong: tables tied again)."""
+        stock.load_state_dict(self.state_dict, strict=True)
+        with eval_pass(stock):
+            gap = output_change(stock, self.reference, *self.example)
+        if not gap <= self.bound:
+            raise ValueError(f"load_into: {type(stock).__name__} with the folded weights moved fold's example by "
+                             f"{gap:.1e} (relative; allowed {self.bound:.0e}): it loaded, and computes something "
+                             "else. A model built with tied tables writes one folded table over another: build it "
+                             "untied, or train with each stack's first ω at 1 (attach_omega's fixed_first=True)")
+        return stock
 
 
 @torch.no_grad()
@@ -938,18 +1031,25 @@ def fold(model: nn.Module, *inputs, embeddings: dict[nn.Module, list[Tensor]] | 
     that moves them, and leaves `model` as it was. Else `model` gets the copy's folded tensors, rounded
     once to its own dtype, and every ω = 1. The check sees the code path the example takes: a weight
     that reads x_{i-1} only on other inputs (an expert the batch never reaches) is neither traced nor
-    checked. Returns the state dict without ω, which loads with strict=True into the same model built
-    without ω — for this file's TransformerEncoderLayer and TransformerDecoderLayer, into torch's own
-    classes. Memory: the copy is the whole model in float64.
+    checked. Returns a Folded: the state dict without ω, which loads with strict=True into the same
+    model built without ω (torch's own classes, for section 6's layers); Folded.load_into(stock) loads
+    it and checks the stock model on the example. Memory: the copy is the whole model in float64.
     """
     plan = fold_plan(model, *inputs, embeddings=embeddings, **kwargs) if plan is None else list(plan)
     check_plan(model, plan)
     inputs64, kwargs64 = to_float64(inputs), to_float64(kwargs)
     copy64 = copy.deepcopy(model).double()
     with eval_pass(copy64):
-        before = outputs_of(copy64, inputs64, kwargs64)
+        try:
+            before = outputs_of(copy64, inputs64, kwargs64)
+        except RuntimeError as error:
+            raise RuntimeError(f"fold: the model fails in float64, on the copy that checks the fold ({error}). "
+                               "Give fold an example call that runs in float64 (Hugging Face FSMT: without "
+                               "labels and use_cache=False). The model is unchanged") from error
         apply_plan(copy64, plan)
         change = output_change(copy64, before, inputs64, kwargs64)
+    with eval_pass(model):  # the model's own rounding on the example, for load_into's bound
+        rounding = output_change(model, before, inputs, kwargs)
     left = [name for name, m in copy64.named_modules()
             if isinstance(m, OmegaResidual) and not torch.all(m.omega == 1)]
     if left:
@@ -966,7 +1066,8 @@ def fold(model: nn.Module, *inputs, embeddings: dict[nn.Module, list[Tensor]] | 
     for step in plan:
         model.get_submodule(step.residual).omega.fill_(1.0)
     omega_keys = {f"{name}.omega" for name, m in model.named_modules() if isinstance(m, OmegaResidual)}
-    return Folded({k: v.clone() for k, v in model.state_dict().items() if k not in omega_keys}, change)
+    return Folded({k: v.clone() for k, v in model.state_dict().items() if k not in omega_keys}, change,
+                  (inputs, kwargs), before, max(10 * rounding, FOLD_BOUND))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -326,8 +326,8 @@ def test_trace_refuses_what_it_cannot_fold():
     sinusoids = {model.transformer.encoder: [model.src_tok.weight, torch.randn(16, C, dtype=torch.float64)]}
     assert_refused(model, inputs, "no parameter or buffer of the model.*store.* as a buffer", embeddings=sinusoids)
     model.head.weight = model.tgt_tok.weight  # tied input and output embeddings
-    assert_refused(model, inputs, r"'tgt_tok.weight' is tied to 'head.weight' \(one tensor under two names\), so ω "
-                   r"would change both: untie it first, e.g. model.head.weight = nn.Parameter\(model.tgt_tok.weight",
+    assert_refused(model, inputs, r"tgt_tok.weight, head.weight are one tensor, so ω would change each. Untie every "
+                   r"tie.*\n    model.head.weight = nn.Parameter\(model.tgt_tok.weight.detach\(\).clone\(\)\)\n",
                    embeddings=model.embeddings())
 
 
