@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 
 import admin
 from examples import seq2seq as s2s
-from lab.testing_tools import fold_error, rel_err, shortcut_inputs, train_steps
 
 VOCAB = 13
 
@@ -25,6 +24,37 @@ def build(seed: int, heads=2, head_dim=4, d_ff=16, n_encoder=2, n_decoder=2) -> 
 def batch(seed: int, B=3, S=7, T=5) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(VOCAB, (B, S), generator=gen), torch.randint(VOCAB, (B, T), generator=gen)
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-300)).item()  # max |a − b| / max |b|
+
+
+def train(model: s2s.Seq2Seq, src: torch.Tensor, tgt: torch.Tensor, steps: int = 3) -> None:
+    """Adam steps (lr 1e-2) on predicting each next target token: ω becomes a vector of different entries."""
+    optimizer = torch.optim.Adam(model.train().parameters(), lr=1e-2)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(src, tgt[:, :-1]).flatten(0, 1), tgt[:, 1:].flatten()).backward()
+        optimizer.step()
+
+
+def shortcuts_called(model: s2s.Seq2Seq, src: torch.Tensor, tgt: torch.Tensor) -> list[tuple]:
+    """(residual, x, f_x) at each OmegaResidual, in the order one eval pass without gradients calls them."""
+    calls, residuals = [], [m for m in model.modules() if isinstance(m, admin.OmegaResidual)]
+    handles = [m.register_forward_hook(lambda m, args, out: calls.append((m, *args))) for m in residuals]
+    with torch.no_grad():
+        model.eval()(src, tgt)
+    for handle in handles:
+        handle.remove()
+    return calls
+
+
+def message(call) -> str:
+    """The message of the ValueError that call() raises; the tests check what it names, not its words."""
+    with pytest.raises(ValueError) as error:
+        call()
+    return str(error.value)
 
 
 # d_model >= 2: a LayerNorm over one feature outputs its bias whatever comes in, so from the first
@@ -52,7 +82,7 @@ def test_profiled_omega_follows_the_recurrence_in_each_stack(shape, seed):
     model = build(seed, **shape).double()
     src, tgt = batch(seed)
     omegas = admin.profile_omega(model, src, tgt, stacks=[model.encoder, model.decoder])
-    seen = shortcut_inputs(model, src, tgt)
+    seen = shortcuts_called(model, src, tgt)
     assert len(omegas) == len(seen) == 2 * shape["n_encoder"] + 3 * shape["n_decoder"]
     n_enc = 2 * shape["n_encoder"]
     for stack in (seen[:n_enc], seen[n_enc:]):  # call order: the whole encoder, then the decoder
@@ -74,21 +104,35 @@ def test_one_stack_by_default_counts_the_decoder_on_from_the_encoder():
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @given(shape=shapes, seed=st.integers(0, 2**16))
-def test_profile_train_fold_gives_the_same_logits(dtype, shape, seed):
+def test_profile_train_fold_gives_admin_folds_checked_weights(dtype, shape, seed):
+    """The example's fold, by hand, gives the weights of admin.fold, whose float64 check vouches that
+    they compute the trained model's logits (it raises otherwise). Each folded entry is one product
+    (ω ⊙ γ, ω ⊙ b, ω ⊙ embedding) or one quotient (W / ω) of the same numbers: the example rounds it
+    once in the model's dtype, admin.fold once in float64 and once more to the dtype, so each lies
+    within a unit roundoff u (plus u²) of the exact value, and the two within 2u of each other,
+    entry by entry; 3u is the bound. (In float32 too they come out equal: float64 has more than
+    2 × 24 + 2 bits, so its rounding to float32 lands where float32's own does; the bound does not
+    lean on that.) A
+    wrong fold (K and V of cross-attention, a missed embedding) is off by a factor ω."""
     model = build(seed, **shape).to(dtype)
     src, tgt = batch(seed)
     admin.profile_omega(model, src, tgt, stacks=[model.encoder, model.decoder])
-    train_steps(model, [(src, tgt)] * 3)  # three Adam steps: ω is now a vector of different entries
-    trained = copy.deepcopy(model).eval()
+    train(model, src, tgt)  # three Adam steps: ω is now a vector of different entries
+    by_admin = copy.deepcopy(model)
+    embeddings = {by_admin.encoder: [by_admin.src_tok.weight, by_admin.src_pos.weight],
+                  by_admin.decoder: [by_admin.tgt_tok.weight, by_admin.tgt_pos.weight]}
+    want = admin.fold(by_admin, src, tgt, embeddings=embeddings)
+    assert want.change <= admin.FOLD_BOUND
     s2s.fold(model)
     assert all(torch.all(m.omega == 1) for m in model.modules() if isinstance(m, admin.OmegaResidual))
-    err, allowed = fold_error(trained, model.eval(), (src, tgt), torch.Generator().manual_seed(seed))
-    assert err <= allowed, f"folded encoder–decoder: relative logit error {err:.2e} > {allowed:.2e}"
+    got, u = model.state_dict(), {torch.float64: 2.0**-53, torch.float32: 2.0**-24}[dtype]
+    for name, value in want.state_dict.items():
+        assert torch.allclose(got[name], value, rtol=3 * u, atol=0), f"{name}: {rel_err(got[name], value):.1e}"
 
 
 def test_folded_layers_are_pytorch_transformer_layers():
     model, (src, tgt) = build(2, heads=2, head_dim=6, d_ff=20).double(), batch(2)
-    train_steps(model, [(src, tgt)] * 3)
+    train(model, src, tgt)
     s2s.fold(model)
     model.eval()
     C, H, F = 12, 2, 20
@@ -111,7 +155,7 @@ def test_folding_cross_attention_keys_and_values_too_is_wrong():
     """Only W_Q of cross-attention reads the decoder stream: folding W_K and W_V as well changes
     the function (they read the encoder's output, which carries no ω of this sub-layer)."""
     model, (src, tgt) = build(3).double(), batch(3)
-    train_steps(model, [(src, tgt)] * 3)
+    train(model, src, tgt)
     trained = copy.deepcopy(model).eval()
     layer = model.decoder[0]
     C = layer.norm1.normalized_shape[0]
@@ -122,31 +166,6 @@ def test_folding_cross_attention_keys_and_values_too_is_wrong():
         err = rel_err(model.eval()(src, tgt), trained(src, tgt))
     assert err > 1e-3, f"folding K and V of cross-attention should break the model, error {err:.1e}"
     assert layer.multihead_attn.in_proj_weight[C:].shape == (2 * C, C)
-
-
-@given(C=st.integers(1, 6), rows=st.integers(1, 5), scalar=st.booleans(), seed=st.integers(0, 2**16))
-def test_fold_then_unfold_is_the_identity(C, rows, scalar, seed):
-    gen = torch.Generator().manual_seed(seed)
-    omega = 0.2 + 4.8 * torch.rand(1 if scalar else C, generator=gen, dtype=torch.float64)
-    gamma, beta = (torch.randn(C, generator=gen, dtype=torch.float64) for _ in range(2))
-    W = torch.randn(rows, C, generator=gen, dtype=torch.float64)
-    before = [t.clone() for t in (gamma, beta, W)]
-    admin.fold_omega(omega, [gamma, beta], [W])
-    assert torch.allclose(gamma, before[0] * omega) and torch.allclose(W, before[2] / omega)
-    admin.fold_omega(1 / omega, [gamma, beta], [W])
-    for t, b in zip((gamma, beta, W), before):
-        assert torch.allclose(t, b, rtol=1e-14, atol=0), "fold then unfold changed a tensor"
-
-
-def test_fold_omega_rejects_a_zero_entry_and_wrong_shapes():
-    gamma, W = torch.ones(4), torch.ones(3, 4)
-    with pytest.raises(ValueError, match="entry 2 is zero"):
-        admin.fold_omega(torch.tensor([1.0, 2.0, 0.0, 1.0]), [gamma], [W])
-    with pytest.raises(ValueError, match=r"producer of shape \(5,\) does not match ω of 4 features"):
-        admin.fold_omega(torch.full((4,), 2.0), [torch.ones(5)], [W])
-    with pytest.raises(ValueError, match=r"reader of shape \(4, 3\) does not match ω of 4 features"):
-        admin.fold_omega(torch.full((4,), 2.0), [gamma], [torch.ones(4, 3)])
-    assert torch.equal(gamma, torch.ones(4)) and torch.equal(W, torch.ones(3, 4)), "changed before refusing"
 
 
 class Shared(torch.nn.Module):
@@ -163,25 +182,26 @@ class Shared(torch.nn.Module):
 
 def test_profiling_errors_name_what_is_wrong():
     x = torch.randn(2, 5, 8)
-    with pytest.raises(ValueError, match="Linear has no OmegaResidual to profile"):
-        admin.profile_omega(torch.nn.Linear(8, 8), x)
+    said = message(lambda: admin.profile_omega(torch.nn.Linear(8, 8), x))
+    assert "Linear" in said and "OmegaResidual" in said, said
     shared = Shared().train()
-    with pytest.raises(ValueError, match="called twice in one forward pass"):
-        admin.profile_omega(shared, x)
+    said = message(lambda: admin.profile_omega(shared, x))
+    assert "'layer.res1'" in said and "twice" in said, said
     assert not any(m._forward_pre_hooks for m in shared.modules()), "hooks left behind after an error"
     assert shared.training, "train mode not restored after an error"
-    with pytest.raises(ValueError, match="'unused.res1' was never called"):
-        admin.profile_omega(shared, x, twice=False)  # keyword arguments reach the model
+    said = message(lambda: admin.profile_omega(shared, x, twice=False))  # keyword arguments reach the model
+    assert "'unused.res1'" in said and "never called" in said, said
     model, (src, tgt) = build(4), batch(4)
-    with pytest.raises(ValueError, match="'decoder.0.res1' is outside every given stack"):
-        admin.profile_omega(model, src, tgt, stacks=[model.encoder])
-    with pytest.raises(ValueError, match="is in stacks 0 and 1"):
-        admin.profile_omega(model, src, tgt, stacks=[model, model.decoder])
+    said = message(lambda: admin.profile_omega(model, src, tgt, stacks=[model.encoder]))
+    assert "'decoder.0.res1'" in said and "stack" in said, said
+    said = message(lambda: admin.profile_omega(model, src, tgt, stacks=[model, model.decoder]))
+    assert "0 and 1" in said, said
 
 
 def test_profiling_refuses_when_nothing_varies():
     """Width 1: LayerNorm's output is its bias alone, a constant, so the ratio becomes 0 and ω = 0
-    would follow; profile_omega says so instead of setting a ω that cannot be folded."""
+    would follow; profile_omega says so, naming the value and the residual, instead of setting a ω
+    that cannot be folded."""
     model, (src, tgt) = build(5, heads=1, head_dim=1), batch(5)
-    with pytest.raises(ValueError, match=r"ω would be 0.0 at residual number 3 of the pass"):
-        admin.profile_omega(model, src, tgt, stacks=[model.encoder, model.decoder])
+    said = message(lambda: admin.profile_omega(model, src, tgt, stacks=[model.encoder, model.decoder]))
+    assert "0.0" in said and "number 3" in said, said
