@@ -30,7 +30,9 @@ import datetime
 import math
 import numbers
 import os
+import re
 import socket
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -45,6 +47,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import admin
+
+# torch's notices about its APIs, not about our layers (torch 2.13 deprecates torch.jit.script)
+pytestmark = [pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning"),
+              pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors is in prototype stage")]
 
 # ---------------------------------------------------------------------------------------------------
 # Helpers
@@ -1110,6 +1116,387 @@ def test_omega_parameters_are_the_trainable_omegas():
     assert {id(p) for p in admin.omega_parameters(model)} == named and len(named) == 2 * 2 + 3 * 2
     assert admin.omega_parameters(Seq2Seq("admin", as_parameter=False)) == [], "fixed ω: buffers"
 
+# ---------------------------------------------------------------------------------------------------
+# 6b. With ω = 1 they are torch's layers: the claims PyTorch's own tests state, for ours
+#
+# admin.TransformerEncoderLayer and admin.TransformerDecoderLayer with ω = 1 (output_change_scale="O(n)")
+# are torch's layers: the claims PyTorch's own tests state for nn.TransformerEncoderLayer and
+# nn.TransformerDecoderLayer (test_transformers.py, test_nn.py, the ModuleInfo entries of test_modules.py),
+# stated for ours against torch's, in float64.
+#
+#     PyTorch's test area                              here
+#     forward/backward over its module inputs          test_*_layer_is_torchs_layer (a differential fuzz:
+#       (batch_first, activation, masks, is_causal)      outputs, NaN positions, warnings, gradients)
+#     src_mask / key padding, bool and float           the same fuzz, fully masked rows included
+#     is_causal with a causal mask                     the same fuzz: the hint changes no row with a key
+#     dropout in training                              the same fuzz: the same draws, in the same order
+#     a mask of another dtype                          test_a_mask_of_another_dtype_is_refused_...
+#     TorchScript of the layer, of a subclass          test_layers_script..., test_a_subclass_...
+#     factory kwargs (dtype, device incl. meta)        test_factory_keywords_*
+#     nested tensors (in nn.TransformerEncoder)        test_nested_path_..., test_a_nested_input_...
+#     the fused fast path                              test_torchs_fused_kernel_is_never_called
+#
+# Tolerance. With ω = 1 exactly, x * ω is x exactly, so ours and torch's composite path run the same
+# float64 operations on the same numbers; they differ only where one side runs a fused kernel that orders
+# its arithmetic differently (torch's encoder kernel in eval without gradients; MultiheadAttention's, in
+# the scripted test's eval mode). Each output element is a few dozen
+# rounded operations (d_model 8, d_ff 16, at most 5 keys) on numbers of size ≲ 10, so two orderings
+# differ by at most about 10 · 50 · 2⁻⁵³ ≈ 6e-14, and by 4e-16 where measured; TOL = 1e-12, relative to
+# max(1, max |torch's|), leaves a hundredfold margin. A wrong mask, a missed ω or a swapped sub-layer
+# moves outputs by 1e-2 or more.
+# ---------------------------------------------------------------------------------------------------
+
+
+C_T, FF_T = 8, 16  # d_model, d_ff
+TOL = 1e-12
+ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "callable": torch.tanh}  # torch takes a name or a callable
+
+
+def pair(kind: str, heads: int = 2, **kw):
+    """Ours (ω = 1) and torch's layer of one kind, the same weights, float64."""
+    ours_cls, torch_cls = {"encoder": (admin.TransformerEncoderLayer, nn.TransformerEncoderLayer),
+                           "decoder": (admin.TransformerDecoderLayer, nn.TransformerDecoderLayer)}[kind]
+    ours = ours_cls(C_T, heads, FF_T, num_res_layers=4, output_change_scale="O(n)", dtype=torch.float64, **kw)
+    theirs = torch_cls(C_T, heads, FF_T, dtype=torch.float64, **kw)
+    missing, unexpected = theirs.load_state_dict(ours.state_dict(), strict=False)
+    assert not missing and all(k.endswith(".omega") for k in unexpected), "torch's names plus ω"
+    assert all(torch.all(m.omega == 1) for m in ours.modules() if isinstance(m, admin.OmegaResidual))
+    return ours, theirs
+
+
+def assert_same(ours: torch.Tensor, theirs: torch.Tensor, what: str) -> None:
+    """NaN where torch's is NaN and nowhere else; elsewhere within TOL of torch's."""
+    assert torch.equal(ours.isnan(), theirs.isnan()), f"{what}: NaN at other positions than torch's"
+    real = ~theirs.isnan()
+    if real.any():
+        err = ((ours[real] - theirs[real]).abs().max() / theirs[real].abs().max().clamp_min(1)).item()
+        assert err <= TOL, f"{what}: {err:.1e} from torch's, more than {TOL:.0e}"
+
+
+def attention_mask(kind: str, T: int, S: int, gen: torch.Generator):
+    """(mask or None, is_causal): none, bool, float (-inf and finite), causal with the is_causal hint.
+    Random bool masks block a key with probability 1/2, so whole rows are often blocked."""
+    blocked = torch.rand(T, S, generator=gen) < 0.5
+    if kind == "none":
+        return None, False
+    if kind == "bool":
+        return blocked, False
+    if kind == "float":
+        return torch.randn(T, S, generator=gen, dtype=torch.float64).masked_fill(blocked, float("-inf")), False
+    causal = torch.ones(T, S, dtype=torch.bool).triu(1)  # True: a later position, not attended
+    return (causal if kind == "causal bool" else torch.zeros(T, S, dtype=torch.float64).masked_fill(
+        causal, float("-inf"))), True
+
+
+def padding_mask(kind: str, B: int, S: int, gen: torch.Generator):
+    """None, or (B, S) True/-inf at padded keys; a sequence of length 0 leaves all of its keys masked."""
+    if kind == "none":
+        return None
+    padded = torch.arange(S) >= torch.randint(0, S + 1, (B, 1), generator=gen)
+    return padded if kind == "bool" else torch.zeros(B, S, dtype=torch.float64).masked_fill(padded, float("-inf"))
+
+
+def run(layer, args: tuple, kwargs: dict, seed: int):
+    """layer(*args, **kwargs) with dropout seeded, and the warnings it gave."""
+    torch.manual_seed(seed)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = layer(*args, **kwargs)
+    return out, sorted(str(w.message) for w in caught)
+
+
+def assert_like_torch(ours, theirs, args: tuple, kwargs: dict, mode: str, seed: int):
+    """Outputs, warnings and, in the modes with gradients, the gradients of a random projection of the
+    output with respect to the inputs and every parameter of torch's (ours has ω besides)."""
+    grad = mode != "eval, no grad"
+    for layer in (ours, theirs):
+        layer.train(mode == "train")
+    inputs = [a.detach().requires_grad_(grad) for a in args]
+    with torch.set_grad_enabled(grad):
+        (y, ours_warned), (want, torch_warned) = (run(m, inputs, kwargs, seed) for m in (ours, theirs))
+    assert_same(y, want, f"output ({mode})")
+    assert ours_warned == torch_warned, "the warnings torch's layer gives"
+    if grad:
+        w = torch.randn(want.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        names = list(dict(theirs.named_parameters()))
+
+        def grads(out, layer):
+            params = dict(layer.named_parameters())
+            return torch.autograd.grad((out.nan_to_num() * w).sum(), [*inputs, *(params[n] for n in names)],
+                                       allow_unused=True)
+
+        got, ref = grads(y, ours), grads(want, theirs)
+        for name, g, g_ref in zip([f"input {i}" for i in range(len(inputs))] + names, got, ref, strict=True):
+            assert (g is None) == (g_ref is None), f"gradient of {name}: in one layer only"
+            if g_ref is not None:
+                assert_same(g, g_ref, f"gradient of {name} ({mode})")
+    return y
+
+
+def rows_with_a_key(attn, padding, B: int, T: int, S: int, batch_first: bool) -> torch.Tensor:
+    """(B, T), or (T, B) if not batch_first: True at the query rows that the masks leave a key to attend.
+    A row with none is NaN or finite as the attention kernel that runs it decides."""
+    blocked = torch.zeros(B, T, S, dtype=torch.bool)  # (batch, query, key)
+    for mask, where in ((attn, (None, slice(None), slice(None))), (padding, (slice(None), None, slice(None)))):
+        if mask is not None:
+            blocked |= (mask if mask.dtype == torch.bool else mask.isneginf())[where]
+    seen = ~blocked.all(-1)
+    return seen if batch_first else seen.T
+
+
+MODES = st.sampled_from(["train", "eval", "eval, no grad"])  # train: dropout on, seeded alike
+MASKS = st.sampled_from(["none", "bool", "float", "causal bool", "causal float"])
+PADDINGS = st.sampled_from(["none", "bool", "float"])
+
+
+@given(seed=st.integers(0, 2**16), B=st.integers(1, 3), T=st.integers(1, 5), batch_first=st.booleans(),
+       activation=st.sampled_from(sorted(ACTIVATIONS)), heads=st.sampled_from([1, 2]), mask=MASKS,
+       padding=PADDINGS, mode=MODES, dropout=st.sampled_from([0.0, 0.3]))
+def test_encoder_layer_is_torchs_layer(seed, B, T, batch_first, activation, heads, mask, padding, mode, dropout):
+    torch.manual_seed(seed)
+    ours, theirs = pair("encoder", heads, dropout=dropout, batch_first=batch_first,
+                        activation=ACTIVATIONS[activation])
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn((B, T, C_T) if batch_first else (T, B, C_T), generator=gen, dtype=torch.float64)
+    src_mask, is_causal = attention_mask(mask, T, T, gen)
+    kwargs = dict(src_mask=src_mask, src_key_padding_mask=padding_mask(padding, B, T, gen), is_causal=is_causal)
+    # torch's composite path, which ours runs: a hook on a sub-module is the switch torch's layer reads to
+    # leave its fused kernel; it changes nothing else (test_torchs_fused_kernel_is_never_called)
+    hook = theirs.norm2.register_forward_pre_hook(lambda module, args: None)
+    y = assert_like_torch(ours, theirs, (x,), kwargs, mode, seed)
+    hook.remove()
+    seen = rows_with_a_key(src_mask, kwargs["src_key_padding_mask"], B, T, T, batch_first)
+    if is_causal and not (mode == "train" and dropout):  # attention dropout may draw in another order
+        with torch.no_grad():
+            unhinted = ours(x, **{**kwargs, "is_causal": False})
+        assert_same(y.detach()[seen], unhinted[seen], "is_causal=True with the causal mask: the mask alone")
+    # torch's layer as it runs, fused kernel and all, at the rows with a key. Not for additive masks with
+    # finite entries: there torch's fused kernel gives NaN everywhere (torch 2.13 on the CPU, measured)
+    if mode == "eval, no grad" and mask != "float":
+        with torch.no_grad():
+            fused = theirs(x, **kwargs)
+        assert_same(y[seen], fused[seen], "output at rows with a key, against torch's fused kernel")
+
+
+@given(seed=st.integers(0, 2**16), B=st.integers(1, 3), T=st.integers(1, 4), S=st.integers(1, 5),
+       batch_first=st.booleans(), activation=st.sampled_from(sorted(ACTIVATIONS)), heads=st.sampled_from([1, 2]),
+       tgt_mask=MASKS, memory_mask=st.sampled_from(["none", "bool", "float"]), tgt_padding=PADDINGS,
+       memory_padding=PADDINGS, mode=MODES, dropout=st.sampled_from([0.0, 0.3]))
+def test_decoder_layer_is_torchs_layer(seed, B, T, S, batch_first, activation, heads, tgt_mask, memory_mask,
+                                       tgt_padding, memory_padding, mode, dropout):
+    torch.manual_seed(seed)
+    ours, theirs = pair("decoder", heads, dropout=dropout, batch_first=batch_first,
+                        activation=ACTIVATIONS[activation])
+    gen = torch.Generator().manual_seed(seed)
+    shape = (lambda L: (B, L, C_T)) if batch_first else (lambda L: (L, B, C_T))
+    tgt, memory = (torch.randn(shape(L), generator=gen, dtype=torch.float64) for L in (T, S))
+    tgt_attn, tgt_is_causal = attention_mask(tgt_mask, T, T, gen)
+    kwargs = dict(tgt_mask=tgt_attn, tgt_is_causal=tgt_is_causal,
+                  memory_mask=attention_mask(memory_mask, T, S, gen)[0],
+                  tgt_key_padding_mask=padding_mask(tgt_padding, B, T, gen),
+                  memory_key_padding_mask=padding_mask(memory_padding, B, S, gen))
+    y = assert_like_torch(ours, theirs, (tgt, memory), kwargs, mode, seed)  # no fused kernel: as it runs
+    if tgt_is_causal and not (mode == "train" and dropout):
+        seen = rows_with_a_key(tgt_attn, kwargs["tgt_key_padding_mask"], B, T, T, batch_first)
+        with torch.no_grad():
+            unhinted = ours(tgt, memory, **{**kwargs, "tgt_is_causal": False})
+        assert_same(y.detach()[seen], unhinted[seen], "tgt_is_causal=True with the causal mask: the mask alone")
+
+
+def test_a_mask_of_another_dtype_is_refused_as_torch_refuses_it():
+    ours, theirs = pair("encoder")
+    x = torch.randn(3, 2, C_T, dtype=torch.float64)
+    for name, mask in (("src_mask", torch.zeros(3, 3, dtype=torch.long)),
+                       ("src_key_padding_mask", torch.zeros(2, 3, dtype=torch.long))):
+        with pytest.raises(AssertionError) as torchs:
+            theirs(x, **{name: mask})
+        with pytest.raises(AssertionError) as raised:
+            ours(x, **{name: mask})
+        assert str(raised.value) == str(torchs.value), "torch's refusal"
+        message = str(raised.value)
+        assert name in message and "bool and floating" in message, "it names the mask and what is allowed"
+
+
+# ---------------------------------------------------------------------------------------------------
+# TorchScript and subclassing
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_layers_script_and_the_scripted_layer_is_the_layer():
+    torch.manual_seed(0)
+    x, memory = torch.randn(2, 5, C_T, dtype=torch.float64), torch.randn(2, 4, C_T, dtype=torch.float64)
+    causal = torch.ones(5, 5, dtype=torch.bool).triu(1)
+    padding = torch.tensor([[False] * 5, [False] * 3 + [True] * 2])
+    calls = (("encoder", (x,), dict(src_mask=causal, is_causal=True, src_key_padding_mask=padding)),
+             ("decoder", (x, memory), dict(tgt_mask=causal, tgt_is_causal=True,
+                                           memory_key_padding_mask=padding[:, 1:])))
+    for kind, args, kwargs in calls:
+        ours, theirs = pair(kind, dropout=0.0, batch_first=True)
+        scripted = torch.jit.script(ours)
+        theirs.train()  # torch's composite path (dropout 0): no fused kernel in either mode
+        for train in (True, False):
+            ours.train(train)
+            with torch.no_grad():
+                y = scripted(*args, **kwargs)
+                assert_same(y, ours(*args, **kwargs), f"scripted {kind} layer, train={train}: the eager layer")
+                assert_same(y, theirs(*args, **kwargs), f"scripted {kind} layer, train={train}: torch's layer")
+
+
+class Subclass(admin.TransformerEncoderLayer):
+    """What test_transformers' subclass tests build: a subclass that adds nothing."""
+
+
+def test_a_subclass_of_our_layer_works_and_scripts_in_a_stock_encoder():
+    """As test_transformers scripts nn.TransformerEncoder around a subclass of torch's layer: in eval
+    without gradients the encoder nests the padded batch, scripted or not."""
+    torch.manual_seed(1)
+    layer = Subclass(C_T, 2, FF_T, batch_first=True, num_res_layers=4, output_change_scale="O(n)", dtype=torch.float64)
+    ours = nn.TransformerEncoder(layer, 2).eval()
+    theirs = nn.TransformerEncoder(nn.TransformerEncoderLayer(C_T, 2, FF_T, batch_first=True, dtype=torch.float64), 2)
+    theirs.load_state_dict(ours.state_dict(), strict=False)
+    x = torch.randn(2, 5, C_T, dtype=torch.float64)
+    padding = torch.tensor([[False] * 5, [False] * 3 + [True] * 2])
+    scripted = torch.jit.script(ours)
+    with torch.no_grad():
+        y = ours(x, src_key_padding_mask=padding)
+        assert_same(scripted(x, src_key_padding_mask=padding), y, "the scripted subclass in a stock encoder")
+        assert_same(y, theirs.eval()(x, src_key_padding_mask=padding), "torch's encoder")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Factory keywords: device= and dtype= reach ω
+# ---------------------------------------------------------------------------------------------------
+
+LAYERS = [(admin.TransformerEncoderLayer, nn.TransformerEncoderLayer, 2),
+          (admin.TransformerDecoderLayer, nn.TransformerDecoderLayer, 3)]
+
+
+@pytest.mark.parametrize("as_parameter", [True, False])
+@pytest.mark.parametrize("ours_cls, torch_cls, per_layer", LAYERS)
+def test_factory_keywords_dtype_float64_gives_omega_calculate_init_exactly(ours_cls, torch_cls, per_layer,
+                                                                           as_parameter):
+    n = 6 * per_layer
+    for scale in ("default", "O(1)", "O(n)"):
+        layer = ours_cls(C_T, 2, FF_T, num_res_layers=n, output_change_scale=scale, as_parameter=as_parameter,
+                         dtype=torch.float64)
+        assert {t.dtype for t in layer.state_dict().values()} == {torch.float64}, "every tensor, ω too"
+        for m in [m for m in layer.modules() if isinstance(m, admin.OmegaResidual)]:
+            assert torch.all(m.omega == admin.calculate_init(n, scale)), f"ω = calculate_init({n}, {scale!r})"
+    single = ours_cls(C_T, 2, FF_T, num_res_layers=n)  # torch's default dtype: one rounding, from float64
+    assert single.res1.omega.dtype == torch.float32
+    assert torch.all(single.res1.omega == torch.tensor(admin.calculate_init(n), dtype=torch.float64).float())
+
+
+@pytest.mark.parametrize("ours_cls, torch_cls, per_layer", LAYERS)
+def test_factory_keywords_meta_puts_omega_on_meta_and_forward_runs_there(ours_cls, torch_cls, per_layer):
+    for build in (lambda cls, **kw: cls(C_T, 2, FF_T, device="meta", **kw),
+                  lambda cls, **kw: cls(C_T, 2, FF_T, device="meta", dtype=torch.float64, **kw)):
+        ours, theirs = build(ours_cls, num_res_layers=per_layer), build(torch_cls)
+        assert all(t.is_meta for t in ours.state_dict().values()), "every tensor on meta, ω too"
+        assert ours.res1.omega.dtype == theirs.linear1.weight.dtype
+        x = torch.empty(5, 2, C_T, device="meta", dtype=theirs.linear1.weight.dtype)  # (T, B, C_T)
+        args = (x,) if torch_cls is nn.TransformerEncoderLayer else (x, x)  # the decoder: tgt, memory
+        y, want = ours(*args), theirs(*args)
+        assert y.is_meta and y.shape == want.shape and y.dtype == want.dtype, "torch's output, on meta"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Nested tensors
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_nested_path_in_a_stock_encoder_gives_the_dense_values():
+    """nn.TransformerEncoder nests a padded batch in eval mode without gradients (its default
+    enable_nested_tensor); our layer sees the nested tensor, and the real positions get the dense path's
+    values and torch's encoder's, the padded ones zeros."""
+    torch.manual_seed(2)
+    layer = admin.TransformerEncoderLayer(C_T, 2, FF_T, batch_first=True, num_res_layers=4, output_change_scale="O(n)",
+                                          dtype=torch.float64)
+    ours = nn.TransformerEncoder(layer, 2).eval()
+    theirs = nn.TransformerEncoder(nn.TransformerEncoderLayer(C_T, 2, FF_T, batch_first=True, dtype=torch.float64), 2)
+    theirs.load_state_dict(ours.state_dict(), strict=False)
+    seen = []
+    ours.layers[0].register_forward_pre_hook(lambda module, args: seen.append(args[0].is_nested))
+    x = torch.randn(3, 6, C_T, dtype=torch.float64)
+    padding = torch.arange(6) >= torch.tensor([[6], [4], [1]])  # left-aligned, as torch's nested path needs
+    with torch.no_grad():
+        nested = ours(x, src_key_padding_mask=padding)
+        with admin.eval_pass(ours):  # torch's fast path off: the batch stays dense
+            dense = ours(x, src_key_padding_mask=padding)
+        fused = theirs.eval()(x, src_key_padding_mask=padding)
+    assert seen == [True, False], "the first call nested, the second dense"
+    assert torch.all(nested[padding] == 0), "padded positions: zeros, as torch's nested path leaves them"
+    assert_same(nested[~padding], dense[~padding], "nested path, real positions: the dense path")
+    assert_same(nested[~padding], fused[~padding], "nested path, real positions: torch's encoder")
+
+
+@pytest.mark.parametrize("scripted", [False, True])
+def test_a_nested_input_keeps_its_gradients(scripted):
+    """Torch's layer refuses a nested input while gradients are on (MultiheadAttention's fast path alone
+    takes one); ours pads, runs and nests again inside autograd, so gradients reach the input's
+    sequences and every parameter: those of the dense path on the padded batch with its padding mask.
+    We keep them rather than refuse: nn.TransformerEncoder nests when torch's own weights need no
+    gradient, and a trainable ω still does."""
+    torch.manual_seed(3)
+    layer = admin.TransformerEncoderLayer(C_T, 2, FF_T, batch_first=True, num_res_layers=4, dtype=torch.float64).eval()
+    run_layer = torch.jit.script(layer) if scripted else layer
+    lengths = [4, 2, 3]
+    parts = [torch.randn(n, C_T, dtype=torch.float64, requires_grad=True) for n in lengths]
+    w = [torch.randn(n, C_T, dtype=torch.float64) for n in lengths]
+    out = run_layer(torch.nested.as_nested_tensor(parts))
+    assert out.is_nested and out.requires_grad
+    nested_grads = torch.autograd.grad(sum((o * wi).sum() for o, wi in zip(out.unbind(), w)),
+                                       [*parts, *layer.parameters()])
+    x = nn.utils.rnn.pad_sequence(parts, batch_first=True)  # (B, T, C_T)
+    padding = torch.arange(x.size(1)) >= torch.tensor(lengths)[:, None]
+    y = layer(x, src_key_padding_mask=padding)
+    dense_grads = torch.autograd.grad(sum((y[b, :n] * w[b]).sum() for b, n in enumerate(lengths)),
+                                      [*parts, *layer.parameters()])
+    names = [f"sequence {b}" for b in range(len(lengths))] + [n for n, _ in layer.named_parameters()]
+    for name, got, want in zip(names, nested_grads, dense_grads, strict=True):
+        assert_same(got, want, f"gradient of {name}, nested input")
+
+
+# ---------------------------------------------------------------------------------------------------
+# What cannot hold: torch's fused kernel
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_torchs_fused_kernel_is_never_called_and_the_docstring_says_so(monkeypatch):
+    """Where torch's layer calls its fused kernel (eval, no gradients, batch_first, ReLU, even heads),
+    ours runs its composite path; a forward hook sends torch's layer there too (the switch the
+    fuzz uses)."""
+    calls = []
+    fused = torch._transformer_encoder_layer_fwd
+    monkeypatch.setattr(torch, "_transformer_encoder_layer_fwd", lambda *a: calls.append(1) or fused(*a))
+    ours, theirs = pair("encoder", batch_first=True)
+    x = torch.randn(2, 5, C_T, dtype=torch.float64)
+    with torch.no_grad():
+        ours.eval()(x)
+        assert calls == [], "our layer called torch's fused kernel"
+        theirs.eval()(x)
+        assert calls == [1], "torch's layer called it: the conditions hold"
+        hook = theirs.norm2.register_forward_pre_hook(lambda module, args: None)
+        theirs(x)
+        hook.remove()
+        assert calls == [1], "a hook sends torch's layer down its composite path"
+    doc = " ".join(admin.TransformerEncoderLayer.__doc__.split())
+    assert "fused fast path" in doc and "never taken" in doc, "the docstring says what cannot hold"
+
+
+@pytest.mark.parametrize("batch_first, with_mask", [(True, True), (False, False)])
+def test_a_nested_input_with_a_second_padding_mask_or_not_batch_first_is_refused(batch_first, with_mask):
+    """A nested input is batch-first and carries its own padding: a padding mask beside it would be
+    ignored, and batch_first=False would read (B, T, C_T) as (T, B, C_T). Both are refused, not guessed."""
+    layer = admin.TransformerEncoderLayer(8, 2, dim_feedforward=16, dropout=0.0, batch_first=batch_first,
+                                          num_res_layers=2).eval()
+    src = torch.nested.nested_tensor([torch.randn(3, 8), torch.randn(2, 8)])
+    mask = torch.zeros(2, 3, dtype=torch.bool) if with_mask else None
+    with pytest.raises(ValueError) as error:
+        layer(src, src_key_padding_mask=mask)
+    assert f"batch_first={batch_first}" in str(error.value) and "batch_first=True" in str(error.value)
+    assert f"a mask: {with_mask}" in str(error.value) and "src_key_padding_mask=None" in str(error.value)
+
 
 # ---------------------------------------------------------------------------------------------------
 # 7. The self-checking fold for any model
@@ -1426,6 +1813,454 @@ def test_outputs_fold_cannot_check_are_refused_with_the_fix():
     x, scale = torch.randn(3, C), torch.tensor(1.0)
     fold_refused(IntegerOutput(), (x,), "Tensor", "logits", scale=scale)
     fold_refused(IntegerOutput(float("nan")), (x,), "finite", "masked row", scale=scale)
+
+# ---------------------------------------------------------------------------------------------------
+# 7b. attach_omega and the checked load
+#
+# admin.attach_omega (ω on the shortcuts a Post-LN layer adds inline, its forward untouched) and
+# Folded.load_into (the folded weights in the user's stock model, checked on fold's example), on tiny
+# torch-only encoder–decoders written the way Hugging Face writes BART and FSMT: `norm(residual + hidden)`.
+# With them: the silent wrong results a fold could leave (a stock model that ties its tables again at
+# load, a position table the model rebuilds), the float64 copy that fails, and the hints that must hold.
+# ---------------------------------------------------------------------------------------------------
+
+V_HF, C_HF, H_HF, FF_HF, MAX_LEN_HF = 13, 16, 2, 32, 12  # vocabulary, d_model, heads, d_ff, position table rows
+ENC, DEC = ["self_attn_layer_norm", "final_layer_norm"], ["self_attn_layer_norm", "encoder_attn_layer_norm",
+                                                         "final_layer_norm"]
+
+
+class EncoderLayer(nn.Module):
+    """BART's encoder layer, reduced: Post-LN with the residual added inline, norm(residual + branch)."""
+
+    def __init__(self):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(C_HF, H_HF, batch_first=True)
+        self.self_attn_layer_norm = nn.LayerNorm(C_HF)
+        self.fc1, self.fc2 = nn.Linear(C_HF, FF_HF), nn.Linear(FF_HF, C_HF)
+        self.final_layer_norm = nn.LayerNorm(C_HF)
+
+    def attention(self, hidden, padding):
+        return self.self_attn(hidden, hidden, hidden, key_padding_mask=padding, need_weights=False)[0]
+
+    def feed_forward(self, hidden):
+        return self.fc2(F.relu(self.fc1(hidden)))
+
+    def forward(self, hidden, padding):
+        residual = hidden
+        hidden = self.self_attn_layer_norm(residual + self.attention(hidden, padding))
+        residual = hidden
+        return self.final_layer_norm(residual + self.feed_forward(hidden))
+
+
+class DecoderLayer(EncoderLayer):
+    """BART's decoder layer, reduced: causal self-attention, cross-attention, feed-forward, each
+    norm(residual + branch); the cross-attention sub-layer only when there is an encoder output."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder_attn = nn.MultiheadAttention(C_HF, H_HF, batch_first=True)
+        self.encoder_attn_layer_norm = nn.LayerNorm(C_HF)
+
+    def attention(self, hidden, padding):
+        causal = torch.ones(hidden.size(1), hidden.size(1), dtype=torch.bool).triu(1)
+        return self.self_attn(hidden, hidden, hidden, attn_mask=causal, need_weights=False)[0]
+
+    def cross_attention(self, hidden, memory, padding):
+        return self.encoder_attn(hidden, memory, memory, key_padding_mask=padding, need_weights=False)[0]
+
+    def forward(self, hidden, memory, padding):
+        residual = hidden
+        hidden = self.self_attn_layer_norm(residual + self.attention(hidden, padding))
+        if memory is not None:
+            residual = hidden
+            hidden = self.encoder_attn_layer_norm(residual + self.cross_attention(hidden, memory, padding))
+        residual = hidden
+        return self.final_layer_norm(residual + self.feed_forward(hidden))
+
+
+def sinusoids(rows: int) -> torch.Tensor:
+    angle = torch.arange(rows)[:, None] / 10000 ** (torch.arange(0, C_HF, 2) / C_HF)  # (rows, C_HF/2)
+    return torch.cat([angle.sin(), angle.cos()], dim=1)  # (rows, C_HF)
+
+
+class RegeneratedPositions(nn.Embedding):
+    """FSMT's position table: sinusoids in a Parameter, rebuilt (from the formula) for a longer input."""
+
+    def __init__(self):
+        super().__init__(MAX_LEN_HF, C_HF)
+        self.weight = nn.Parameter(sinusoids(MAX_LEN_HF), requires_grad=False)
+
+    def forward(self, positions):
+        if positions.max() >= self.num_embeddings:
+            self.num_embeddings = int(positions.max()) + 1
+            self.weight = nn.Parameter(sinusoids(self.num_embeddings).to(self.weight), requires_grad=False)
+        return super().forward(positions)
+
+
+class InlineSeq2Seq(nn.Module):
+    """Embeddings per stack (x_0 = token + position: no LayerNorm, as FSMT and Marian), N encoder and M
+    decoder layers, a head. tied: one table for source, target and head, as tie_word_embeddings=True
+    builds it; a strict load into such a model writes every tied name into the one tensor."""
+
+    def __init__(self, N=2, M=2, tied=False, positions=lambda: nn.Embedding(MAX_LEN_HF, C_HF)):
+        super().__init__()
+        self.src_tok, self.src_pos = nn.Embedding(V_HF, C_HF), positions()
+        self.tgt_tok, self.tgt_pos = nn.Embedding(V_HF, C_HF), positions()
+        self.encoder = nn.ModuleList(EncoderLayer() for _ in range(N))
+        self.decoder = nn.ModuleList(DecoderLayer() for _ in range(M))
+        self.head = nn.Linear(C_HF, V_HF, bias=False)
+        if tied:
+            self.tgt_tok.weight = self.head.weight = self.src_tok.weight
+
+    def embeddings(self) -> dict:
+        return {self.encoder: [self.src_tok.weight, self.src_pos.weight],
+                self.decoder: [self.tgt_tok.weight, self.tgt_pos.weight]}
+
+    def forward(self, src, tgt, padding):
+        x = self.src_tok(src) + self.src_pos(torch.arange(src.size(1)))
+        for layer in self.encoder:
+            x = layer(x, padding)
+        y = self.tgt_tok(tgt) + self.tgt_pos(torch.arange(tgt.size(1)))
+        for layer in self.decoder:
+            y = layer(y, x, padding)
+        return self.head(y)  # (B, T, V_HF)
+
+
+def with_omega(model: InlineSeq2Seq, **kw) -> tuple[list, list]:
+    """The recipe: ω on both stacks, one call each."""
+    return admin.attach_omega(model.encoder, ENC, **kw), admin.attach_omega(model.decoder, DEC, **kw)
+
+
+def batch(seed=0, src_len=9, tgt_len=7):
+    g = torch.Generator().manual_seed(seed)
+    src, tgt = torch.randint(V_HF, (3, src_len), generator=g), torch.randint(V_HF, (3, tgt_len), generator=g)
+    padding = torch.zeros(3, src_len, dtype=torch.bool)
+    padding[1, 6:] = True  # the second source sentence is 6 tokens long
+    return src, tgt, padding
+
+
+def trained(model: nn.Module, steps=4, seed=0) -> nn.Module:
+    """A few Adam steps, so every trainable ω is a vector of different entries."""
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-2)
+    src, tgt, padding = batch(seed)
+    for _ in range(steps):
+        loss = F.cross_entropy(model(src, tgt, padding).flatten(0, 1), tgt.flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def admin_seq2seq(seed=0, dtype=torch.float64, **kw) -> InlineSeq2Seq:
+    torch.manual_seed(seed)
+    model = InlineSeq2Seq(**{k: v for k, v in kw.items() if k in ("tied", "positions")}).to(dtype)
+    with_omega(model, **{k: v for k, v in kw.items() if k == "fixed_first"})
+    return trained(model, seed=seed)
+
+
+def outputs(model, *inputs):
+    with torch.no_grad():
+        return model.eval()(*inputs)
+
+
+# ---------------------------------------------------------------------------------------------------
+# attach_omega: the equation, the count, what sees the residuals, the copies
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_hooked_layer_computes_the_admin_equation():
+    """The hooked BART-style layer is LN(ω_1 ⊙ x + Attn(x)) then LN(ω_2 ⊙ x_1 + FFN(x_1)), written out
+    here by hand, for random ω vectors (float64, relative 1e-12: a few roundings apart)."""
+    torch.manual_seed(0)
+    layer = EncoderLayer().double().eval()
+    res1, res2 = admin.attach_omega([layer], ENC)
+    with torch.no_grad():
+        res1.omega.uniform_(0.5, 2.5)
+        res2.omega.uniform_(0.5, 2.5)
+    x, padding = torch.randn(2, 5, C_HF, dtype=torch.float64), torch.zeros(2, 5, dtype=torch.bool)
+    with torch.no_grad():
+        x1 = F.layer_norm(res1.omega * x + layer.attention(x, padding), (C_HF,),
+                          layer.self_attn_layer_norm.weight, layer.self_attn_layer_norm.bias)
+        want = F.layer_norm(res2.omega * x1 + layer.feed_forward(x1), (C_HF,),
+                            layer.final_layer_norm.weight, layer.final_layer_norm.bias)
+        got = layer(x, padding)
+    assert rel_err(got, want) < 1e-12, f"hooked layer vs the equation: {rel_err(got, want):.1e}"
+
+
+def test_omega_one_is_the_stock_model():
+    """With every ω = 1 the hooked model is the model without hooks: ω ⊙ x + (s − x) = s up to the
+    rounding of s − x (float64, relative 1e-12)."""
+    model = admin_seq2seq()
+    stock = InlineSeq2Seq().double()
+    stock.load_state_dict({k: v for k, v in model.state_dict().items() if not k.endswith(".omega")})
+    with torch.no_grad():
+        for omega in admin.omega_parameters(model):
+            omega.fill_(1.0)
+    inputs = batch(1)
+    gap = rel_err(outputs(model, *inputs), outputs(stock, *inputs))
+    assert gap < 1e-12, f"ω = 1 vs no hooks: {gap:.1e}"
+
+
+def test_omega_counts_the_stack_and_takes_as_modules_options():
+    """num_res_layers = layers × norms per stack: 2 × 2 = 4 in the encoder, 3 × 3 = 9 in the decoder."""
+    model = InlineSeq2Seq(N=2, M=3)
+    encoder, decoder = with_omega(model)
+    assert len(encoder) == 4 and len(decoder) == 9
+    assert all(torch.all(r.omega == admin.calculate_init(4)) for r in encoder)
+    assert all(torch.all(r.omega == admin.calculate_init(9)) for r in decoder)
+    assert all(r.omega.shape == (C_HF,) and isinstance(r.omega, nn.Parameter) for r in encoder + decoder)
+    assert sorted(map(id, admin.omega_parameters(model))) == sorted(id(r.omega) for r in encoder + decoder)
+    fixed = admin.attach_omega(InlineSeq2Seq(N=3).encoder, ENC, as_parameter=False, output_change_scale="O(1)")
+    assert all(torch.equal(r.omega, torch.tensor([math.sqrt(6)])) for r in fixed)  # O(1): ω = sqrt(n)
+    assert all(not isinstance(r.omega, nn.Parameter) for r in fixed)
+
+
+def test_profile_sees_the_same_omega_as_explicit_residuals():
+    """profile_omega through the hooks gives the ω it gives a hand-written Admin layer with an
+    OmegaResidual called as residual(x, f(x)) (the class-swap glue), same weights, float64."""
+
+    class ExplicitLayer(EncoderLayer):
+        def __init__(self):
+            super().__init__()
+            self.res1, self.res2 = admin.OmegaResidual(1.0), admin.OmegaResidual(1.0)
+
+        def forward(self, hidden, padding):
+            hidden = self.self_attn_layer_norm(self.res1(hidden, self.attention(hidden, padding)))
+            return self.final_layer_norm(self.res2(hidden, self.feed_forward(hidden)))
+
+    torch.manual_seed(0)
+    hooked, explicit = nn.ModuleList(EncoderLayer() for _ in range(3)).double(), nn.ModuleList(
+        ExplicitLayer() for _ in range(3)).double()
+    explicit.load_state_dict(hooked.state_dict(), strict=False)
+    admin.attach_omega(hooked, ENC)
+    x, padding = torch.randn(4, 6, C_HF, dtype=torch.float64), torch.zeros(4, 6, dtype=torch.bool)
+
+    class Stack(nn.Module):
+        def __init__(self, layers):
+            super().__init__()
+            self.layers = layers
+
+        def forward(self, h):
+            for layer in self.layers:
+                h = layer(h, padding)
+            return h
+
+    got, want = admin.profile_omega(Stack(hooked), x), admin.profile_omega(Stack(explicit), x)
+    assert len(got) == 6 and got[0] == 1.0
+    assert max(abs(a - b) / b for a, b in zip(got, want)) < 1e-12, f"{got} vs {want}"
+
+
+def test_a_state_dict_saved_after_attach_loads_into_the_same_call():
+    model = admin_seq2seq()
+    keys = [k for k in model.state_dict() if k.endswith(".omega")]
+    assert keys[:2] == ["encoder.0.self_attn_layer_norm.residual.omega",
+                        "encoder.0.final_layer_norm.residual.omega"]
+    again = InlineSeq2Seq().double()
+    with_omega(again)
+    again.load_state_dict(model.state_dict(), strict=True)
+    inputs = batch(2)
+    assert torch.equal(outputs(again, *inputs), outputs(model, *inputs))
+
+
+def test_a_deep_copy_uses_its_own_residuals():
+    """fold checks on copy.deepcopy(model).double(): the copy's hooks must read the copy's ω."""
+    model = admin_seq2seq()
+    twin = copy.deepcopy(model)
+    inputs = batch(1)
+    before = outputs(model, *inputs)
+    with torch.no_grad():
+        twin.encoder[0].final_layer_norm.residual.omega.mul_(3.0)
+    assert torch.equal(outputs(model, *inputs), before), "changing the copy's ω changed the original"
+    assert rel_err(outputs(twin, *inputs), before) > 1e-3, "the copy's output ignores its own ω"
+
+
+# ---------------------------------------------------------------------------------------------------
+# attach_omega: what it refuses
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("norms, bad", [(["self_attn_layer_norm", "fc1"], "'fc1'"),
+                                        (["self_attn_layer_norm", "final_norm"], "'final_norm'")])
+def test_refuses_a_name_that_is_no_norm(norms, bad):
+    with pytest.raises(ValueError, match=f"{bad} is no LayerNorm or RMSNorm.*EncoderLayer.*"
+                                         r"\['self_attn_layer_norm', 'final_layer_norm'\]"):
+        admin.attach_omega([EncoderLayer()], norms)
+
+
+@pytest.mark.parametrize("norms", ["final_layer_norm", [], ["final_layer_norm", "final_layer_norm"]])
+def test_refuses_a_norms_list_that_is_not_one(norms):
+    with pytest.raises(ValueError, match=f"once each, got {re.escape(repr(norms))}"):
+        admin.attach_omega([EncoderLayer()], norms)
+
+
+def test_refuses_a_second_attach():
+    layers = [EncoderLayer()]
+    admin.attach_omega(layers, ENC)
+    with pytest.raises(ValueError, match=r"'self_attn_layer_norm' is no LayerNorm or RMSNorm without ω.*those it "
+                                         r"has: \[\]"):
+        admin.attach_omega(layers, ENC)
+
+
+def test_refuses_norms_out_of_call_order():
+    layer = EncoderLayer()
+    admin.attach_omega([layer], ENC[::-1])
+    with pytest.raises(ValueError, match="'self_attn_layer_norm' was called where 'final_layer_norm' was due"):
+        layer(torch.randn(1, 3, C_HF), None)
+
+
+def test_refuses_a_norm_a_pass_skips():
+    """BART's decoder layer skips its cross-attention norm without encoder states: refused at the
+    next norm, and a skipped last norm when the layer's pass ends."""
+    layer = DecoderLayer()
+    admin.attach_omega([layer], DEC)
+    with pytest.raises(ValueError, match="'final_layer_norm' was called where 'encoder_attn_layer_norm' was due"):
+        layer(torch.randn(1, 3, C_HF), None, None)
+    class AttentionOnly(EncoderLayer):
+        def forward(self, hidden, padding):
+            return self.self_attn_layer_norm(hidden + self.attention(hidden, padding))
+
+    short = AttentionOnly()
+    admin.attach_omega([short], ENC)
+    with pytest.raises(ValueError, match="did not call norm 'final_layer_norm'"):
+        short(torch.randn(1, 3, C_HF), None)
+
+
+def test_refuses_a_pre_ln_layer():
+    class PreLN(EncoderLayer):
+        def forward(self, hidden, padding):  # x + f(LN(x)): the norm reads the layer's input
+            hidden = hidden + self.attention(self.self_attn_layer_norm(hidden), padding)
+            return hidden + self.feed_forward(self.final_layer_norm(hidden))
+
+    layer = PreLN()
+    admin.attach_omega([layer], ENC)
+    with pytest.raises(ValueError, match=r"'self_attn_layer_norm' reads the layer's input x itself, not x \+ "
+                                         r"f\(x\): that is Pre-LN"):
+        layer(torch.randn(1, 3, C_HF), None)
+
+
+# ---------------------------------------------------------------------------------------------------
+# fold and load_into: the round trip, and what a strict load alone would let through
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_round_trip_into_the_stock_model_float32():
+    """Trained with ω, folded with the tables named, loaded into the model without hooks: the stock
+    model's float32 outputs are the Admin model's within load_into's bound, which is 10 × the Admin
+    model's own float32 rounding on the example (measured against float64) and catches 1e-3."""
+    model = admin_seq2seq(dtype=torch.float32)
+    inputs = batch(0)
+    want = outputs(model, *inputs)
+    folded = admin.fold(model, *inputs, embeddings=model.embeddings())
+    assert folded.change <= admin.FOLD_BOUND
+    assert admin.FOLD_BOUND <= folded.bound < 1e-4, f"load bound {folded.bound:.1e}: not float32's scale"
+    stock = folded.load_into(InlineSeq2Seq())
+    assert rel_err(outputs(stock, *inputs), want) <= folded.bound
+
+
+def test_a_stock_model_that_ties_again_at_load_is_caught():
+    """The silent case: untied as fold asks, folded, then loaded strictly into a stock model built
+    tied (tie_word_embeddings=True): every tied name is written into one tensor, the last wins, and
+    load_into raises. Built untied, the same state loads and checks."""
+    model = admin_seq2seq(tied=True)
+    inputs = batch(0)
+    with pytest.raises(ValueError) as refusal:
+        admin.fold(model, *inputs, embeddings=model.embeddings())
+    message = str(refusal.value)
+    assert "src_tok.weight, tgt_tok.weight, head.weight are one tensor" in message and "fixed_first" in message
+    fixes = [line.strip() for line in message.splitlines() if line.startswith("    model.")]
+    assert fixes == ["model.tgt_tok.weight = nn.Parameter(model.src_tok.weight.detach().clone())",
+                     "model.head.weight = nn.Parameter(model.src_tok.weight.detach().clone())"]
+    for line in fixes:  # one round: the lines given run, and then the fold goes through
+        exec(line, {"model": model, "nn": nn})
+    folded = admin.fold(model, *inputs, embeddings=model.embeddings())
+    retied = InlineSeq2Seq(tied=True).double()
+    retied.load_state_dict(folded.state_dict, strict=True)  # what a strict load alone lets through
+    assert rel_err(outputs(retied, *inputs), folded.reference[0]) > 1e-3
+    with pytest.raises(ValueError, match=r"load_into: InlineSeq2Seq with the folded weights moved fold's example by "
+                                         r"\d.*allowed.*tied.*fixed_first=True"):
+        folded.load_into(InlineSeq2Seq(tied=True).double())
+    folded.load_into(InlineSeq2Seq(tied=False).double())
+
+
+def test_fixed_first_needs_no_embeddings_and_loads_into_a_tied_model():
+    """The answer for tied tables: each stack's first ω stays 1 (a buffer neither Adam nor the profile
+    moves), nothing folds into the tables, and the stock model built tied loads and checks."""
+    model = admin_seq2seq(tied=True, fixed_first=True)
+    firsts = [model.encoder[0].self_attn_layer_norm.residual, model.decoder[0].self_attn_layer_norm.residual]
+    assert all(r.omega.tolist() == [1.0] and not isinstance(r.omega, nn.Parameter) for r in firsts)
+    omegas = admin.profile_omega(model, *batch(0), stacks=[model.encoder, model.decoder])
+    assert omegas[0] == omegas[4] == 1.0 and all(r.omega.item() == 1.0 for r in firsts)
+    plan = admin.fold_plan(model, *batch(0))
+    assert all(rows.name.endswith(("norm.weight", "norm.bias")) for step in plan for rows in step.producers)
+    admin.fold(model, *batch(0)).load_into(InlineSeq2Seq(tied=True).double())
+
+
+def test_a_regenerated_position_table_is_refused_and_fixed_first_keeps_it_right():
+    """FSMT's way: the sinusoids live in a Parameter that the model rebuilds for a longer input,
+    which would drop a folded ω_1. fold refuses to fold into a table an nn.Embedding subclass reads
+    with its own forward; with fixed_first nothing folds there, and on an input longer than the table
+    (rebuilt) the stock model still gives the Admin model's outputs."""
+    model = admin_seq2seq(positions=RegeneratedPositions)
+    with pytest.raises(ValueError, match="a RegeneratedPositions reads 'src_pos.weight' with a forward of its "
+                                         "own.*fixed_first=True"):
+        admin.fold(model, *batch(0), embeddings=model.embeddings())
+    model = admin_seq2seq(positions=RegeneratedPositions, fixed_first=True)
+    long = batch(3, src_len=MAX_LEN_HF + 4, tgt_len=MAX_LEN_HF + 2)
+    want = outputs(copy.deepcopy(model), *long)  # the copy rebuilds its own table
+    stock = admin.fold(model, *batch(0)).load_into(InlineSeq2Seq(positions=RegeneratedPositions).double())
+    assert rel_err(outputs(stock, *long), want) < 1e-12, "rebuilt table: the stock model moved"
+
+
+# ---------------------------------------------------------------------------------------------------
+# fold's messages: the float64 copy that fails, and hints that hold in the state the user is in
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_a_model_that_fails_in_float64_is_named_with_the_way_out():
+    """FSMT builds a mask as float32 filled with the minimum of the weights' dtype: fine in float32,
+    an overflow in fold's float64 copy. fold says it was the float64 copy, names the way out, and
+    leaves the model as it was."""
+
+    class Float32Mask(InlineSeq2Seq):
+        def forward(self, src, tgt, padding):
+            dtype = self.src_tok.weight.dtype
+            torch.zeros(1).float().fill_(torch.finfo(dtype).min)  # FSMT's fill_with_neg_inf
+            return super().forward(src, tgt, padding)
+
+    torch.manual_seed(0)
+    model = Float32Mask()
+    with_omega(model)
+    state = copy.deepcopy(model.state_dict())
+    with pytest.raises(RuntimeError, match=r"fold: the model fails in float64.*overflow.*an example call that "
+                                           r"runs in float64.*unchanged"):
+        admin.fold(model, *batch(0), embeddings=model.embeddings())
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
+def test_the_first_omega_hint_offers_what_works_after_training():
+    """A trained stack's first ω ≠ 1 without its tables: the hint no longer offers profiling (which
+    would discard the trained ω); each way it offers works: naming the tables, or fixed_first."""
+    model = admin_seq2seq()
+    with pytest.raises(ValueError) as refusal:
+        admin.fold(model, *batch(0))
+    message = str(refusal.value)
+    assert "'encoder.0.self_attn_layer_norm.residual' is no LayerNorm's output" in message
+    assert "embeddings={stack:" in message and "fixed_first=True" in message and "profile" not in message
+    assert admin.fold(model, *batch(0), embeddings=model.embeddings()).change <= admin.FOLD_BOUND
+    assert admin.fold(admin_seq2seq(fixed_first=True), *batch(0)).change <= admin.FOLD_BOUND
+
+
+def test_the_hugging_face_output_the_tutorial_shows_is_the_kept_one():
+    """tutorial.md Section 14 shows lines of `bash .ci/hf-check`'s output in ```console blocks; nothing
+    here can run it (transformers is not our dependency), so each shown line must be a line of the kept
+    lab/results/hf_check.txt."""
+    root = Path(__file__).parent
+    kept = set((root / "lab/results/hf_check.txt").read_text().splitlines())
+    blocks = re.findall(r"```console\n(.*?)```", (root / "tutorial.md").read_text(), flags=re.S)
+    shown = [line for block in blocks for line in block.splitlines() if line]
+    assert len(shown) >= 20, f"{len(shown)} lines shown"
+    assert all(line in kept for line in shown), [line for line in shown if line not in kept][:3]
 
 
 # ---------------------------------------------------------------------------------------------------
