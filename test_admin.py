@@ -24,6 +24,7 @@ a fold, training steps, the accelerators, and the check of a refusal.
 """
 
 import ast
+import contextlib
 import copy
 import dataclasses
 import datetime
@@ -1249,6 +1250,17 @@ MASKS = st.sampled_from(["none", "bool", "float", "causal bool", "causal float"]
 PADDINGS = st.sampled_from(["none", "bool", "float"])
 
 
+
+@contextlib.contextmanager
+def composite_path():
+    """torch's layers off their fused kernel, on torch's own switch (torch.backends.mha, 2.4 to 2.14)."""
+    was = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(was)
+
 @given(seed=st.integers(0, 2**16), B=st.integers(1, 3), T=st.integers(1, 5), batch_first=st.booleans(),
        activation=st.sampled_from(sorted(ACTIVATIONS)), heads=st.sampled_from([1, 2]), mask=MASKS,
        padding=PADDINGS, mode=MODES, dropout=st.sampled_from([0.0, 0.3]))
@@ -1260,11 +1272,10 @@ def test_encoder_layer_is_torchs_layer(seed, B, T, batch_first, activation, head
     x = torch.randn((B, T, C_T) if batch_first else (T, B, C_T), generator=gen, dtype=torch.float64)
     src_mask, is_causal = attention_mask(mask, T, T, gen)
     kwargs = dict(src_mask=src_mask, src_key_padding_mask=padding_mask(padding, B, T, gen), is_causal=is_causal)
-    # torch's composite path, which ours runs: a hook on a sub-module is the switch torch's layer reads to
-    # leave its fused kernel; it changes nothing else (test_torchs_fused_kernel_is_never_called)
-    hook = theirs.norm2.register_forward_pre_hook(lambda module, args: None)
-    y = assert_like_torch(ours, theirs, (x,), kwargs, mode, seed)
-    hook.remove()
+    # torch's composite path, which ours runs: torch.backends.mha's fast-path switch, which torch's layer
+    # reads (torch 2.4 to 2.14) to leave its fused kernel; it changes nothing else
+    with composite_path():
+        y = assert_like_torch(ours, theirs, (x,), kwargs, mode, seed)
     seen = rows_with_a_key(src_mask, kwargs["src_key_padding_mask"], B, T, T, batch_first)
     if is_causal and not (mode == "train" and dropout):  # attention dropout may draw in another order
         with torch.no_grad():
@@ -1322,6 +1333,7 @@ def test_a_mask_of_another_dtype_is_refused_as_torch_refuses_it():
 # ---------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.torchscript
 def test_layers_script_and_the_scripted_layer_is_the_layer():
     torch.manual_seed(0)
     x, memory = torch.randn(2, 5, C_T, dtype=torch.float64), torch.randn(2, 4, C_T, dtype=torch.float64)
@@ -1346,6 +1358,7 @@ class Subclass(admin.TransformerEncoderLayer):
     """What test_transformers' subclass tests build: a subclass that adds nothing."""
 
 
+@pytest.mark.torchscript
 def test_a_subclass_of_our_layer_works_and_scripts_in_a_stock_encoder():
     """As test_transformers scripts nn.TransformerEncoder around a subclass of torch's layer: in eval
     without gradients the encoder nests the padded batch, scripted or not."""
@@ -1430,7 +1443,7 @@ def test_nested_path_in_a_stock_encoder_gives_the_dense_values():
     assert_same(nested[~padding], fused[~padding], "nested path, real positions: torch's encoder")
 
 
-@pytest.mark.parametrize("scripted", [False, True])
+@pytest.mark.parametrize("scripted", [False, pytest.param(True, marks=pytest.mark.torchscript)])
 def test_a_nested_input_keeps_its_gradients(scripted):
     """Torch's layer refuses a nested input while gradients are on (MultiheadAttention's fast path alone
     takes one); ours pads, runs and nests again inside autograd, so gradients reach the input's
@@ -1464,8 +1477,8 @@ def test_a_nested_input_keeps_its_gradients(scripted):
 
 def test_torchs_fused_kernel_is_never_called_and_the_docstring_says_so(monkeypatch):
     """Where torch's layer calls its fused kernel (eval, no gradients, batch_first, ReLU, even heads),
-    ours runs its composite path; a forward hook sends torch's layer there too (the switch the
-    fuzz uses)."""
+    ours runs its composite path; torch.backends.mha's fast-path switch sends torch's layer there too
+    (the switch the fuzz uses)."""
     calls = []
     fused = torch._transformer_encoder_layer_fwd
     monkeypatch.setattr(torch, "_transformer_encoder_layer_fwd", lambda *a: calls.append(1) or fused(*a))
@@ -1476,10 +1489,9 @@ def test_torchs_fused_kernel_is_never_called_and_the_docstring_says_so(monkeypat
         assert calls == [], "our layer called torch's fused kernel"
         theirs.eval()(x)
         assert calls == [1], "torch's layer called it: the conditions hold"
-        hook = theirs.norm2.register_forward_pre_hook(lambda module, args: None)
-        theirs(x)
-        hook.remove()
-        assert calls == [1], "a hook sends torch's layer down its composite path"
+        with composite_path():
+            theirs(x)
+        assert calls == [1], "the fast-path switch sends torch's layer down its composite path"
     doc = " ".join(admin.TransformerEncoderLayer.__doc__.split())
     assert "fused fast path" in doc and "never taken" in doc, "the docstring says what cannot hold"
 
@@ -2532,6 +2544,7 @@ def functions(node: ast.AST, prefix: str = ""):
             yield from functions(child, prefix + child.name + "." if isinstance(child, ast.ClassDef) else prefix)
 
 
+@pytest.mark.source
 def test_admin_py_uses_no_module_level_name_above_its_definition():
     """Any section of admin.py pasted with the sections above it runs: each module-level statement
     (function and method bodies included) reads only the module-level names defined above it (a
@@ -2547,6 +2560,7 @@ def test_admin_py_uses_no_module_level_name_above_its_definition():
     assert not early, "admin.py uses names before it defines them:\n" + "\n".join(early)
 
 
+@pytest.mark.source
 def test_no_module_level_name_is_shadowed():
     """No function of admin.py binds a module-level name of it (its imports included) as a parameter
     or a local, except SHADOWED_ON_PURPOSE; and none of those scopes calls the function it hides."""

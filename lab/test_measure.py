@@ -2,6 +2,7 @@
 
 import json
 import statistics
+import sys
 
 import pytest
 
@@ -57,3 +58,14 @@ def test_runs_on_its_own_from_the_command_line():
     assert code == 0, err
     assert out.startswith("configuration: layers=[1, 2], arms=['vanilla', 'admin']")
     assert "From 1 to 2 layers (2x the sub-layers) the median output change grew" in out
+
+
+def test_plot_without_matplotlib_runs_to_the_end_and_says_how_to_get_the_figure(monkeypatch, tmp_path):
+    """The README's install has no matplotlib: a core command's --plot is a bonus, never a reason to stop."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
+    png = tmp_path / "growth.png"
+    code, out, err = run_as_main("lab.measure", ["--layers", "1,2", "--repeats", "1", "--d-model", "8",
+                                                "--n-heads", "2", "--threads", "1", "--plot", str(png)])
+    last = out.rstrip().splitlines()[-1]
+    assert code == 0 and not png.exists(), err
+    assert str(png) in last and "pip install matplotlib" in last
