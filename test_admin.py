@@ -2168,6 +2168,10 @@ def test_round_trip_into_the_stock_model_float32():
     assert admin.FOLD_BOUND <= folded.bound < 1e-4, f"load bound {folded.bound:.1e}: not float32's scale"
     stock = folded.load_into(InlineSeq2Seq())
     assert rel_err(outputs(stock, *inputs), want) <= folded.bound
+    extra = InlineSeq2Seq()
+    extra.unused = nn.Parameter(torch.zeros(1))  # a weight the folded state lacks, which the outputs never read
+    with pytest.raises(RuntimeError, match="unused"):  # the load is strict: the check alone would pass it
+        folded.load_into(extra)
 
 
 def test_a_stock_model_that_ties_again_at_load_is_caught():
