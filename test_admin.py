@@ -1411,6 +1411,8 @@ def test_factory_keywords_meta_puts_omega_on_meta_and_forward_runs_there(ours_cl
         args = (x,) if torch_cls is nn.TransformerEncoderLayer else (x, x)  # the decoder: tgt, memory
         y, want = ours(*args), theirs(*args)
         assert y.is_meta and y.shape == want.shape and y.dtype == want.dtype, "torch's output, on meta"
+    fixed = ours_cls(C_T, 2, FF_T, device="meta", num_res_layers=per_layer, as_parameter=False)
+    assert fixed.res1.omega.is_meta and fixed.res1.omega.shape == (1,), "admin-torch's fixed ω: a buffer, on meta"
 
 
 # ---------------------------------------------------------------------------------------------------

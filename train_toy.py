@@ -118,16 +118,25 @@ def configuration(cfg: TrainConfig) -> dict:
 LEAST = dict(layers=1, steps=1, warmup=0, eval_every=1, batch_size=1, d_model=1, n_heads=1, seed=0, threads=1)
 
 
+class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows each default, except those the depth sets (None until TrainConfig)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    d, by_depth = TrainConfig(), f"default: by depth, {schedule_for(SHALLOW)} up to {SHALLOW} layers"
-    p = argparse.ArgumentParser(description="Vanilla Post-LN vs Admin on a toy sequence task.", add_help=add_help)
-    p.add_argument("--layers", type=int, default=d.layers, help=f"Transformer layers, 2 sub-layers each "
-                   f"(default %(default)s); deeper than {SHALLOW}: {LR_RULE}, warmup 100, steps 400")
+    d, shallow = TrainConfig(), schedule_for(SHALLOW)
+    by_depth = lambda name: f"default: {shallow[name]:g} up to {SHALLOW} layers, deeper by depth"  # noqa: E731
+    p = argparse.ArgumentParser(description="Vanilla Post-LN vs Admin on a toy sequence task.", add_help=add_help,
+                                formatter_class=DefaultsHelp)
+    p.add_argument("--layers", type=int, default=d.layers, help=f"Transformer layers, 2 sub-layers each; "
+                   f"deeper than {SHALLOW}: {LR_RULE}, warmup 100, steps 400")
     p.add_argument("--arms", type=lambda text: text.split(","), default=d.arms,
                    help=f"comma-separated residual kinds to compare, from {', '.join(ARMS)}")
-    p.add_argument("--steps", type=int, help=f"training budget per arm ({by_depth})")
-    p.add_argument("--lr", type=float, help=f"peak Adam learning rate ({by_depth})")
-    p.add_argument("--warmup", type=int, help=f"linear warm-up steps to --lr ({by_depth})")
+    p.add_argument("--steps", type=int, help=f"training budget per arm ({by_depth('steps')})")
+    p.add_argument("--lr", type=float, help=f"peak Adam learning rate ({by_depth('lr')})")
+    p.add_argument("--warmup", type=int, help=f"linear warm-up steps to --lr ({by_depth('warmup')})")
     p.add_argument("--omega", choices=("closed", "profiled"), default=d.omega,
                    help="admin arm: ω from the closed form, or profiled on the first batch (the paper)")
     p.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between evaluations")

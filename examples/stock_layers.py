@@ -128,7 +128,7 @@ def choice_list(allowed: tuple[str, ...]):
 def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, list[str], argparse.Namespace]:
     """The run's training configuration (the demo's TrainConfig), the initializations, and the parsed
     flags (for --json). The schedule and model flags are the demo's (train_toy.py)."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=train_toy.DefaultsHelp)
     p.add_argument("--layers", type=int, default=48, help="encoder layers, 2 sub-layers each (default 48)")
     p.add_argument("--arms", type=choice_list(ARMS), default=list(ARMS), help=f"comma-separated, from {', '.join(ARMS)}")
     p.add_argument("--inits", type=choice_list(INITS), default=list(INITS),

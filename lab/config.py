@@ -16,7 +16,7 @@ from dataclasses import fields
 
 import train_toy
 from lab import cli
-from train_toy import SHALLOW, TrainConfig, schedule_for  # noqa: F401 (the lab's, through this file)
+from train_toy import SHALLOW, DefaultsHelp, TrainConfig, schedule_for  # noqa: F401 (the lab's, through this file)
 
 EVAL_EVERY = TrainConfig().eval_every  # steps between held-out evaluations, the demo's default
 
@@ -31,13 +31,6 @@ def add_schedule_flags(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument(f"--{name}", type=kind, default=None, help=f"{text} (default: {shallow[name]:g} up "
                        f"to {SHALLOW} layers, deeper by the rule: {train_toy.LR_RULE}, warmup 100, steps 400)")
     return p
-
-
-class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
-    """--help shows each default, except those the depth sets (None until TrainConfig)."""
-
-    def _get_help_string(self, action):
-        return action.help if action.default is None else super()._get_help_string(action)
 
 
 def train_config(args: argparse.Namespace, **run) -> TrainConfig:
