@@ -104,11 +104,19 @@ def configuration_line(settings: dict) -> str:
     return "configuration: " + ", ".join(f"{k}={v}" for k, v in settings.items())
 
 
+def available_devices() -> list[str]:
+    return ["cpu"] + ["cuda"] * torch.cuda.is_available() + ["mps"] * torch.backends.mps.is_available()
+
+
+def device_name(device: str) -> str:
+    """The device as the configuration line reports it: cpu, or e.g. cuda (NVIDIA H100 80GB HBM3)."""
+    return f"cuda ({torch.cuda.get_device_name(device)})" if device == "cuda" else device
+
+
 def configuration(cfg: TrainConfig) -> dict:
     """The settings as the first line of output and --json's "config" show them, with the machine."""
     shown = {k: v for k, v in asdict(cfg).items() if not (k == "schedule" and v is None)}
-    device = f"cuda ({torch.cuda.get_device_name(cfg.device)})" if cfg.device == "cuda" else cfg.device
-    return shown | dict(device=device, threads=cfg.threads, torch=torch.__version__)
+    return shown | dict(device=device_name(cfg.device), threads=cfg.threads, torch=torch.__version__)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -172,11 +180,11 @@ def finish(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Nam
     lr = getattr(args, "lr", None)
     if isinstance(lr, float) and not (math.isfinite(lr) and lr > 0):
         p.error(f"argument --lr: must be a positive number, got {lr}")
-    found = [d for d, here in (("cuda", torch.cuda.is_available()), ("mps", torch.backends.mps.is_available()),
-                               ("cpu", True)) if here]
+    found = available_devices()
     if args.device not in found + ["auto"]:
         p.error(f"argument --device: {args.device} is not available on this machine (available: {', '.join(found)})")
-    args.device = found[0] if args.device == "auto" else args.device
+    if args.device == "auto":
+        args.device = next(d for d in ("cuda", "mps", "cpu") if d in found)
     if args.d_model % args.n_heads:
         p.error(f"argument --n-heads: must divide --d-model={args.d_model}, got {args.n_heads}")
     for flag in ("--json", "--plot"):
@@ -286,7 +294,7 @@ def lr_factor(step: int, warmup: int, steps: int) -> float:
 
 
 def make_step(model: admin.PostLNTransformer, cfg: TrainConfig):
-    """step(inp, target, lr) -> loss: one Adam update (the lab's bench swaps in a CUDA-graph one)."""
+    """step(inp, target, lr) -> loss: one Adam update (lab/cuda_graph.py's graphed_step is the other)."""
     fused = torch.device(cfg.device).type in ("cpu", "cuda")  # one fused kernel where torch has it
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=BETAS, fused=fused)
 

@@ -14,7 +14,8 @@ from typing import Callable
 import torch
 
 import train_toy
-from train_toy import add_model_flags, configuration_line, start  # noqa: F401 (the lab's, through this file)
+from train_toy import (add_model_flags, available_devices, configuration_line, device_name,  # noqa: F401
+                       start)  # the lab's, through this file
 
 TASKS = ("reverse", "copy")  # train_toy's tasks
 
@@ -62,20 +63,6 @@ def comma_list(parse_one, name: str):
             raise argparse.ArgumentTypeError(f"has a value twice, got {text!r}")
         return values
     return parse
-
-
-def available_devices() -> list[str]:
-    found = ["cpu"]
-    if torch.cuda.is_available():
-        found.append("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        found.append("mps")
-    return found
-
-
-def device_name(device: str) -> str:
-    """The device as a configuration line reports it: cpu, or e.g. cuda (NVIDIA H100 80GB HBM3)."""
-    return f"cuda ({torch.cuda.get_device_name(device)})" if device == "cuda" else device
 
 
 def sync(device: str | torch.device) -> None:
