@@ -117,11 +117,9 @@ def whole_number(value, name: str, meaning: str) -> int:
 
 
 def calculate_init(num_res_layers: int, output_change_scale: str = "O(logn)") -> float:
-    """ω for a stack of `num_res_layers` residual sub-layers (N = 2 × layers for attention + FFN).
-
+    """ω for a stack of N = `num_res_layers` residual sub-layers (2 × layers for attention + FFN).
     output_change_scale: "O(n)" (ω = 1), "O(logn)" or "default" (ω = sqrt((N+1)/ln(N+1) − 1)),
-    or "O(1)" (ω = sqrt(N)). The same values as the admin-torch 0.1.0 package.
-    """
+    or "O(1)" (ω = sqrt(N))."""
     n = whole_number(num_res_layers, "num_res_layers", "residual sub-layers, e.g. 2 * n_layers")
     return omega_formula(output_change_scale)(n)
 
@@ -264,11 +262,9 @@ class CausalSelfAttention(nn.Module):
 class Block(nn.Module):
     """One layer: causal self-attention, then a ReLU feed-forward network, each a residual sub-layer.
 
-    Post-LN (residual "admin", "vanilla" or "deepnorm"): the LayerNorm comes after the residual add,
-    and the shortcut is scaled by ω (res1, res2 are OmegaResidual for Admin, and for DeepNorm with
-    its fixed α as ω; PlainResidual for vanilla).
-    Pre-LN ("preln"): the LayerNorm comes before the branch. Submodule and parameter names follow
-    torch.nn.TransformerEncoderLayer, so a vanilla block's state_dict loads into one unchanged.
+    Post-LN ("admin", "vanilla", "deepnorm"): the LayerNorm comes after the residual add, and res1, res2
+    scale the shortcut by ω (DeepNorm's ω: its fixed α). Pre-LN ("preln"): the LayerNorm comes before the
+    branch. Names follow torch.nn.TransformerEncoderLayer, so a vanilla block's state_dict loads into one.
     """
 
     def __init__(self, config: TransformerConfig):
@@ -281,8 +277,7 @@ class Block(nn.Module):
         self.norm_first = config.residual == "preln"
         if config.residual == "admin":
             omega = calculate_init(2 * config.n_layers, config.output_change_scale)
-            self.res1 = OmegaResidual(omega, config.omega_as_parameter, C)
-            self.res2 = OmegaResidual(omega, config.omega_as_parameter, C)
+            self.res1, self.res2 = (OmegaResidual(omega, config.omega_as_parameter, C) for _ in range(2))
         elif config.residual == "deepnorm":  # DeepNet: x_i = LN(α x_{i-1} + f_i(x_{i-1})), α fixed
             alpha = deepnorm_alpha(config.n_layers)
             self.res1, self.res2 = OmegaResidual(alpha), OmegaResidual(alpha)
@@ -390,8 +385,7 @@ def eval_pass(model: nn.Module):
 
 
 def hooked_pass(model: nn.Module, hooks: list, inputs: tuple, kwargs: dict) -> None:
-    """One eval_pass of model(*inputs, **kwargs) for the hooks to watch; they are removed after it,
-    whatever happens."""
+    """One eval_pass of model(*inputs, **kwargs) for the hooks to watch; they are removed after it, always."""
     try:
         with eval_pass(model):
             model(*inputs, **kwargs)
@@ -431,17 +425,14 @@ def profile_omega(model: nn.Module, *inputs, stacks: list[nn.Module] | None = No
     stacks: sub-modules that keep their own ratio, e.g. [model.encoder, model.decoder] (each stack
     counts its own sub-layers, as the paper's code does); default: the whole model is one stack.
     Dropout is off while profiling (our choice: it would inflate Var f); the train/eval mode is restored.
-    Profile first, then wrap and build the optimizer: a DDP, FSDP or torch.compile wrapper is refused
-    (profile the module inside it), and an optimizer that keeps its own float32 master copy of the
-    weights would write the old ω back at its next step. Under DDP profile before wrapping, or on one
-    batch that every rank shares: DDP's constructor copies rank 0's ω to every rank, after it nothing
-    does. Variances count every position of the batch, padding included, as the paper's code does;
-    to leave padding out, profile on a batch of equal-length sequences.
+    Variances count padding too, as the paper's code does; to leave it out, profile equal-length sequences.
+    Profile before wrapping (a DDP, FSDP or torch.compile wrapper is refused; DDP's constructor copies rank
+    0's ω to every rank, after it nothing does: profile its .module only on a batch every rank shares) and
+    before building the optimizer (one that keeps float32 master weights would write the old ω back).
     """
     refuse_wrapped(model, "profile_omega")
     names = {m: name for name, m in model.named_modules() if isinstance(m, OmegaResidual)}
-    residuals = list(names)
-    if not residuals:
+    if not names:
         raise ValueError(f"profile_omega: {type(model).__name__} has no OmegaResidual to profile")
     stacks = stacks or [model]
     stack_of = {}  # residual -> index of its stack
@@ -449,8 +440,7 @@ def profile_omega(model: nn.Module, *inputs, stacks: list[nn.Module] | None = No
         for m in stack.modules():
             if isinstance(m, OmegaResidual) and stack_of.setdefault(m, k) != k:
                 raise ValueError(f"profile_omega: an OmegaResidual is in stacks {stack_of[m]} and {k}")
-    outside = [name for name, m in model.named_modules()
-               if isinstance(m, OmegaResidual) and m not in stack_of]
+    outside = [name for m, name in names.items() if m not in stack_of]
     if outside:
         raise ValueError(f"profile_omega: OmegaResidual {outside[0]!r} is outside every given stack")
     ratio, omegas, called = [1.0] * len(stacks), [], set()
@@ -471,9 +461,9 @@ def profile_omega(model: nn.Module, *inputs, stacks: list[nn.Module] | None = No
         ratio[k] = math.sqrt(torch.var(r * x, correction=0).item() + torch.var(f_x, correction=0).item())
         omegas.append(r)
 
-    hooked_pass(model, [m.register_forward_pre_hook(set_omega, with_kwargs=True) for m in residuals],
+    hooked_pass(model, [m.register_forward_pre_hook(set_omega, with_kwargs=True) for m in names],
                 inputs, kwargs)
-    never = [name for name, m in model.named_modules() if isinstance(m, OmegaResidual) and m not in called]
+    never = [name for m, name in names.items() if m not in called]
     if never:
         raise ValueError(f"profile_omega: OmegaResidual {never[0]!r} was never called by the forward pass")
     return omegas
