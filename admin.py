@@ -522,8 +522,7 @@ def reparameterize(model: PostLNTransformer) -> PostLNTransformer:
         raise ValueError(f"reparameterize needs a PostLNTransformer with residual='admin' (or "
                          f"'deepnorm', whose α folds as a constant ω), got {type(model).__name__} "
                          f"with residual={residual!r}")
-    omega_keys = {f"{name}.omega" for name, module in model.named_modules()
-                  if isinstance(module, OmegaResidual)}
+    omega_keys = {f"{name}.omega" for name, m in model.named_modules() if isinstance(m, OmegaResidual)}
     with torch.device("meta"):  # no memory and no random numbers spent on a throw-away init
         plain = PostLNTransformer(replace(model.config, residual="vanilla"))
     state = {k: v.clone() for k, v in model.state_dict().items() if k not in omega_keys}
@@ -570,14 +569,13 @@ class TransformerEncoderLayer(nn.TransformerEncoderLayer):
 
     Takes torch's arguments, plus (keyword-only) num_res_layers: the sub-layers of the whole stack, 2 per
     encoder layer, for calculate_init; output_change_scale as there; as_parameter: True (default) for
-    the paper's trainable vector ω, False for admin-torch's fixed scalar. The state dict is torch's
-    plus res1.omega and res2.omega, so once fold() has folded ω the rest loads with strict=True into
-    torch's layer. A nested input (nn.TransformerEncoder's path in eval mode with a padding mask) is
-    padded, run and nested again, its gradients kept. What cannot hold: torch's fused fast path
-    (torch._transformer_encoder_layer_fwd, eval without gradients) is never taken, since ω sits between
-    its operations. This layer always runs the composite path torch's runs in training: the same values
-    to rounding, except that a row whose keys are all masked may be NaN in one and finite in the other,
-    and that torch's fused kernel gives NaN under a float src_mask with finite entries (2.13, CPU).
+    the paper's trainable vector ω, False for admin-torch's fixed scalar. The state dict is torch's plus
+    res1.omega and res2.omega: once fold() has folded ω, the rest loads with strict=True into torch's
+    layer. A nested input (nn.TransformerEncoder's eval path with a padding mask) is run padded. What
+    cannot hold: torch's fused fast path (torch._transformer_encoder_layer_fwd, eval without gradients) is
+    never taken, since ω sits between its operations; the composite path gives the same values to
+    rounding, except that a row whose keys are all masked may be NaN in one and finite in the other, and
+    torch's fused kernel gives NaN under a float src_mask with finite entries (2.13, CPU).
     """
 
     def __init__(self, *args, num_res_layers: int, output_change_scale: str = "default",
@@ -620,7 +618,7 @@ class TransformerDecoderLayer(nn.TransformerDecoderLayer):
         y = LN(ω_3 ⊙ y + FFN(y))
 
     Arguments as TransformerEncoderLayer's; num_res_layers counts 3 per decoder layer. Cross-attention's
-    ω folds into W_Q alone: W_K and W_V read memory, which carries no ω of this stack.
+    ω folds into W_Q alone (fold_omega): W_K and W_V read memory, which carries no ω of this stack.
     """
 
     def __init__(self, *args, num_res_layers: int, output_change_scale: str = "default",
@@ -633,9 +631,8 @@ class TransformerDecoderLayer(nn.TransformerDecoderLayer):
                 memory_mask: Tensor | None = None, tgt_key_padding_mask: Tensor | None = None,
                 memory_key_padding_mask: Tensor | None = None, tgt_is_causal: bool = False,
                 memory_is_causal: bool = False) -> Tensor:
-        x = tgt
         # Post-LN with ω, three times: x_i = LN(ω_i ⊙ x_{i-1} + f_i(x_{i-1}))
-        x = self.norm1(self.res1(x, self._sa_block(x, tgt_mask, tgt_key_padding_mask, tgt_is_causal)))
+        x = self.norm1(self.res1(tgt, self._sa_block(tgt, tgt_mask, tgt_key_padding_mask, tgt_is_causal)))
         x = self.norm2(self.res2(x, self._mha_block(x, memory, memory_mask, memory_key_padding_mask,
                                                     memory_is_causal)))
         return self.norm3(self.res3(x, self._ff_block(x)))
@@ -817,9 +814,8 @@ def stack_inputs(model: nn.Module, trace: Trace, embeddings: dict[nn.Module, lis
         for t in tensors:
             if storage_key(t) not in names:
                 raise ValueError(f"fold: an embeddings tensor of shape {tuple(t.shape)} is no parameter or "
-                                 "buffer of the model (pass the whole table, not a slice of it), so ω cannot "
-                                 "be folded into it: positions computed on the fly (sinusoids) must be stored "
-                                 "as a buffer and named here")
+                                 "buffer of the model (pass whole tables, not slices), so ω cannot fold "
+                                 "into it: store positions computed on the fly (sinusoids) as a buffer")
             name = names[storage_key(t)][0]
             owner = model.get_submodule(name.rpartition(".")[0])
             if isinstance(owner, nn.Embedding) and type(owner).forward is not nn.Embedding.forward:
@@ -850,8 +846,7 @@ def fold_plan(model: nn.Module, *inputs, embeddings: dict[nn.Module, list[Tensor
     weight γ and bias b of the LayerNorm (or RMSNorm) whose output it is, or, for the input x_0 of a
     stack, the tensors that sum to it. embeddings: {stack: [those tensors]}, a stack being the module
     that holds the residuals, e.g. {model: [tok_emb.weight, pos_emb.weight]}, or one entry each for
-    an encoder and a decoder. The readers are the weights of every nn.Linear, nn.MultiheadAttention
-    (only the rows of Q, K or V whose input is x_{i-1}) and CausalSelfAttention called on x_{i-1}.
+    an encoder and a decoder. The readers: the weight rows that reader_inputs finds reading x_{i-1}.
     A residual whose ω is all ones has nothing to fold and gets no step.
     """
     refuse_wrapped(model, "fold")
@@ -873,10 +868,9 @@ def fold_plan(model: nn.Module, *inputs, embeddings: dict[nn.Module, list[Tensor
         else:
             raise ValueError(
                 f"fold: the shortcut input x of {name!r} is no LayerNorm's output and its ω is not 1. If it "
-                "is a stack's input x_0, pass embeddings={stack: [the tensors that sum to x_0]} (a stack "
-                "built with its first ω at 1 needs none: attach_omega's fixed_first=True); if an operation "
-                "between the LayerNorm and this sub-layer changes x, ω cannot be folded there; else check the "
-                "call: forward(x, f_x) takes the shortcut x (the sub-layer's input) first, the branch f_x second")
+                "is a stack's input x_0, pass embeddings={stack: [the tensors that sum to x_0]} or train "
+                "with that ω at 1 (attach_omega's fixed_first=True); if an operation between the LayerNorm "
+                "and this sub-layer changes x, ω cannot be folded there; else pass x first: forward(x, f_x)")
         readers = merged_rows(trace.read_by.get(key, []), model)
         if not readers:
             raise ValueError(f"fold: no nn.Linear, nn.MultiheadAttention or CausalSelfAttention reads the "
@@ -1013,17 +1007,15 @@ def fold(model: nn.Module, *inputs, embeddings: dict[nn.Module, list[Tensor]] | 
          plan: list[FoldStep] | None = None, **kwargs) -> Folded:
     """Fold every ω of `model` into the weights around it, set ω to 1, and check that nothing moved.
 
-    inputs, kwargs: an example call model(*inputs, **kwargs), e.g. a batch with its masks; it must
-    reach every sub-layer and every weight that reads one. embeddings: {stack: [the tensors that sum
-    to its input x_0]}, for stacks whose first ω is not 1 (see fold_plan). plan: fold_plan's unless
-    given. The check: a float64 copy of the model is folded first; if a residual keeps ω ≠ 1, or the
-    outputs on the example moved by more than FOLD_BOUND (relative), fold raises, names the first step
-    that moves them, and leaves `model` as it was. Else `model` gets the copy's folded tensors, rounded
-    once to its own dtype, and every ω = 1. The check sees the code path the example takes: a weight
-    that reads x_{i-1} only on other inputs (an expert the batch never reaches) is neither traced nor
-    checked. Returns a Folded: the state dict without ω, which loads with strict=True into the same
-    model built without ω (torch's own classes, for section 6's layers); Folded.load_into(stock) loads
-    it and checks the stock model on the example. Memory: the copy is the whole model in float64.
+    inputs, kwargs: an example call model(*inputs, **kwargs), e.g. a batch with its masks, that reaches
+    every sub-layer and every weight that reads one (a weight it never reaches, such as an expert the
+    batch skips, is neither traced nor checked). embeddings: {stack: [the tensors that sum to its x_0]},
+    as fold_plan's; plan: fold_plan's unless given. The check: a float64 copy of the model (memory: the
+    whole model in float64) is folded first; if a residual keeps ω ≠ 1, or the outputs on the example
+    moved by more than FOLD_BOUND (relative), fold raises, names the first step that moves them, and
+    leaves `model` as it was. Else `model` gets the copy's folded tensors, rounded once to its own dtype,
+    and every ω = 1. Returns a Folded, whose state dict loads with strict=True into the same model built
+    without ω (torch's own classes, for section 6's layers).
     """
     plan = fold_plan(model, *inputs, embeddings=embeddings, **kwargs) if plan is None else list(plan)
     check_plan(model, plan)
