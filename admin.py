@@ -4,13 +4,12 @@ The problem. A Post-LN Transformer normalizes *after* each residual add,
 
     x_i = LN(x_{i-1} + f_i(x_{i-1}))                                   (Post-LN)
 
-where i counts residual *sub-layers* (a self-attention and a feed-forward branch are two). At
-initialization the shortcut and the branch have about the same variance, so every sub-layer leans on its
-own branch f_i by about one half. A small parameter update then moves the output by an amount that
-grows with the number of sub-layers n, O(n), and deep Post-LN models fail early in training (in the
-paper's translation runs they diverged; on our toy they get stuck at chance).
-Pre-LN (x_i = x_{i-1} + f_i(LN(x_{i-1}))) trains; in the paper's 18-layer translation experiment it
-ended a little below Admin (the evidence: tutorial.md, Section 7).
+where i counts residual *sub-layers* (a self-attention and a feed-forward branch are two). At initialization
+the shortcut and the branch have about the same variance, so every sub-layer leans on its own branch f_i by
+about one half. A small parameter update then moves the output by O(n), n the number of sub-layers, and
+deep Post-LN models fail early in training (in the paper's translation runs they diverged; on our toy they
+get stuck at chance). Pre-LN (x_i = x_{i-1} + f_i(LN(x_{i-1}))) trains; in the paper's 18-layer
+translation experiment it ended a little below Admin (the evidence: tutorial.md, Section 7).
 
 The fix (Liu et al., 2020, Sec. 4). Scale each shortcut by ω_i,
 
@@ -39,13 +38,12 @@ Or use the small causal Transformer below, profile ω on a batch, train, and fol
     (8, 1.0)
     >>> plain = admin.reparameterize(model)                             # vanilla Post-LN, same logits
 
-Your own model works the same way: profile_omega(model, *inputs, stacks=[...]) sets every
-OmegaResidual it meets in the forward pass, and fold(model, *inputs) folds every ω, checks on those
-inputs that the outputs did not move, and returns a state dict without ω, whose load_into(stock) loads
-it into your unmodified model and checks it there. PyTorch's own layers with ω are
-TransformerEncoderLayer and TransformerDecoderLayer below (section 6): change the class name, add
-num_res_layers. A Post-LN model that adds its residuals inline (Hugging Face's BERT, BART, FSMT) gets ω
-from attach_omega(layers, norms), one call per stack, its forward untouched (tutorial.md Section 14).
+Your own model works the same way: profile_omega(model, *inputs, stacks=[...]) sets every OmegaResidual
+the forward pass meets; fold(model, *inputs) folds every ω, checks on those inputs that the outputs did
+not move, and returns a state dict without ω, whose load_into(stock) loads and checks it in your unmodified
+model. PyTorch's layers with ω: TransformerEncoderLayer and TransformerDecoderLayer (section 6), change the
+class name and add num_res_layers. A Post-LN model that adds its residuals inline (Hugging Face's BERT,
+BART, FSMT) gets ω from attach_omega(layers, norms), one call per stack (tutorial.md Section 14).
 
 Tensor dimensions, used in shape comments: B batch, T sequence length, C d_model, V vocab_size.
 
@@ -159,8 +157,7 @@ class OmegaResidual(nn.Module):
 
     init_value: ω_i at initialization. as_parameter: False keeps ω a fixed scalar buffer (shape (1,));
     True makes it a trainable vector with one entry per feature, as the paper trains it, and then
-    embed_dim (C) is required. device, dtype: where and in what ω is stored, as torch's factory keywords.
-    """
+    embed_dim (C) is required. device, dtype: where and in what ω is stored, as torch's factory keywords."""
 
     def __init__(self, init_value: float, as_parameter: bool = False, embed_dim: int | None = None, *,
                  device=None, dtype=None):
@@ -264,8 +261,7 @@ class Block(nn.Module):
 
     Post-LN ("admin", "vanilla", "deepnorm"): the LayerNorm comes after the residual add, and res1, res2
     scale the shortcut by ω (DeepNorm's ω: its fixed α). Pre-LN ("preln"): the LayerNorm comes before the
-    branch. Names follow torch.nn.TransformerEncoderLayer, so a vanilla block's state_dict loads into one.
-    """
+    branch. Names follow torch.nn.TransformerEncoderLayer, so a vanilla block's state_dict loads into one."""
 
     def __init__(self, config: TransformerConfig):
         super().__init__()
@@ -319,8 +315,7 @@ class PostLNTransformer(nn.Module):
     linear head. forward(idx (B, T) of token ids) returns logits (B, T, V), batch first.
 
     Every linear map (Q, K and V each on its own) starts Xavier-uniform with a zero bias. With PyTorch's
-    smaller default init the branches start weak, and the depth effect this file is about is muted.
-    """
+    smaller default init the branches start weak, and the depth effect this file is about is muted."""
 
     def __init__(self, config: TransformerConfig):
         super().__init__()
@@ -428,8 +423,7 @@ def profile_omega(model: nn.Module, *inputs, stacks: list[nn.Module] | None = No
     Variances count padding too, as the paper's code does; to leave it out, profile equal-length sequences.
     Profile before wrapping (a DDP, FSDP or torch.compile wrapper is refused; DDP's constructor copies rank
     0's ω to every rank, after it nothing does: profile its .module only on a batch every rank shares) and
-    before building the optimizer (one that keeps float32 master weights would write the old ω back).
-    """
+    before building the optimizer (one that keeps float32 master weights would write the old ω back)."""
     refuse_wrapped(model, "profile_omega")
     names = {m: name for name, m in model.named_modules() if isinstance(m, OmegaResidual)}
     if not names:
@@ -485,13 +479,11 @@ def fold_omega(omega: Tensor, producers: list[Tensor], readers: list[Tensor]) ->
     (K and V read the encoder's output, which carries no ω of this sub-layer), the first linear of a
     feed-forward network; their input columns are divided by ω_i: W' = W · diag(1/ω_i).
 
-    Exact when x_{i-1} is read only by sub-layer i (its shortcut and the readers) and the readers'
-    biases are left alone; LayerNorm's eps is untouched, since only its affine output changes. Then
-    set ω_i to 1, or build the model without ω and load the folded weights. What breaks it: an
-    embedding tied to the output layer (untie it first: give the head its own copy of the weight);
-    positions that are not a parameter or buffer (sinusoids computed on the fly: store them as a
-    buffer and pass it as a producer, or keep ω_1 as one multiply on the embedding).
-    """
+    Exact when x_{i-1} is read only by sub-layer i (its shortcut and the readers) and the readers' biases
+    are left alone; LayerNorm's eps is untouched, since only its affine output changes. Then set ω_i to 1.
+    What breaks it: an embedding tied to the output layer (untie it: give the head its own copy); positions
+    computed on the fly (sinusoids: store them as a buffer and pass it as a producer, or keep ω_1 as one
+    multiply on the embedding)."""
     omega = omega.detach().reshape(-1)
     zeros = (omega == 0).nonzero().flatten().tolist()
     if zeros:
@@ -511,12 +503,9 @@ def fold_omega(omega: Tensor, producers: list[Tensor], readers: list[Tensor]) ->
 @torch.no_grad()
 def reparameterize(model: PostLNTransformer) -> PostLNTransformer:
     """A new "vanilla" model, with no ω, whose logits equal the Admin (or DeepNorm: its α is a constant
-    ω) model's. `model` is unchanged.
-
-    Sub-layer i reads x_{i-1}, made by the embeddings (i = 1) or by sub-layer i − 1's LayerNorm, and
-    nothing else reads it: fold_omega applies, with the attention's Q, K, V (stacked) or the first
-    feed-forward linear as readers.
-    """
+    ω) model's; `model` is unchanged. Sub-layer i reads x_{i-1}, made by the embeddings (i = 1) or by
+    sub-layer i − 1's LayerNorm, and nothing else reads it: fold_omega applies, with the sub-layer's
+    input_weight as reader."""
     residual = getattr(getattr(model, "config", None), "residual", None)
     if not isinstance(model, PostLNTransformer) or residual not in ("admin", "deepnorm"):
         raise ValueError(f"reparameterize needs a PostLNTransformer with residual='admin' (or "
@@ -575,8 +564,7 @@ class TransformerEncoderLayer(nn.TransformerEncoderLayer):
     cannot hold: torch's fused fast path (torch._transformer_encoder_layer_fwd, eval without gradients) is
     never taken, since ω sits between its operations; the composite path gives the same values to
     rounding, except that a row whose keys are all masked may be NaN in one and finite in the other, and
-    torch's fused kernel gives NaN under a float src_mask with finite entries (2.13, CPU).
-    """
+    torch's fused kernel gives NaN under a float src_mask with finite entries (2.13, CPU)."""
 
     def __init__(self, *args, num_res_layers: int, output_change_scale: str = "default",
                  as_parameter: bool = True, **kwargs):
@@ -618,8 +606,7 @@ class TransformerDecoderLayer(nn.TransformerDecoderLayer):
         y = LN(ω_3 ⊙ y + FFN(y))
 
     Arguments as TransformerEncoderLayer's; num_res_layers counts 3 per decoder layer. Cross-attention's
-    ω folds into W_Q alone (fold_omega): W_K and W_V read memory, which carries no ω of this stack.
-    """
+    ω folds into W_Q alone (fold_omega): W_K and W_V read memory, which carries no ω of this stack."""
 
     def __init__(self, *args, num_res_layers: int, output_change_scale: str = "default",
                  as_parameter: bool = True, **kwargs):
@@ -766,14 +753,12 @@ class Trace:
         self.read_by: dict[tuple, list[Rows]] = {}  # key -> the weight rows that read it
         self.calls: list[tuple[OmegaResidual, tuple]] = []  # (residual, key of its x), in call order
         self.kept: list[Tensor] = []
-        hooks = []
-        for m in self.names:
-            if isinstance(m, NORMS):
-                hooks.append(m.register_forward_hook(self.norm))
-            elif isinstance(m, (nn.Linear, nn.MultiheadAttention, CausalSelfAttention)):
-                hooks.append(m.register_forward_pre_hook(self.reader, with_kwargs=True))
-            elif isinstance(m, OmegaResidual):
-                hooks.append(m.register_forward_pre_hook(self.residual, with_kwargs=True))
+        readers = (nn.Linear, nn.MultiheadAttention, CausalSelfAttention)  # the modules reader_inputs knows
+        hooks = [m.register_forward_hook(self.norm) for m in self.names if isinstance(m, NORMS)]
+        hooks += [m.register_forward_pre_hook(self.reader, with_kwargs=True) for m in self.names
+                  if isinstance(m, readers)]
+        hooks += [m.register_forward_pre_hook(self.residual, with_kwargs=True) for m in self.names
+                  if isinstance(m, OmegaResidual)]
         hooked_pass(model, hooks, inputs, kwargs)
 
     def norm(self, module: nn.Module, args: tuple, output: Tensor) -> None:
@@ -847,8 +832,7 @@ def fold_plan(model: nn.Module, *inputs, embeddings: dict[nn.Module, list[Tensor
     stack, the tensors that sum to it. embeddings: {stack: [those tensors]}, a stack being the module
     that holds the residuals, e.g. {model: [tok_emb.weight, pos_emb.weight]}, or one entry each for
     an encoder and a decoder. The readers: the weight rows that reader_inputs finds reading x_{i-1}.
-    A residual whose ω is all ones has nothing to fold and gets no step.
-    """
+    A residual whose ω is all ones has nothing to fold and gets no step."""
     refuse_wrapped(model, "fold")
     if not any(isinstance(m, OmegaResidual) for m in model.modules()):
         raise ValueError(f"fold: {type(model).__name__} has no OmegaResidual to fold")
@@ -1015,8 +999,7 @@ def fold(model: nn.Module, *inputs, embeddings: dict[nn.Module, list[Tensor]] | 
     moved by more than FOLD_BOUND (relative), fold raises, names the first step that moves them, and
     leaves `model` as it was. Else `model` gets the copy's folded tensors, rounded once to its own dtype,
     and every ω = 1. Returns a Folded, whose state dict loads with strict=True into the same model built
-    without ω (torch's own classes, for section 6's layers).
-    """
+    without ω (torch's own classes, for section 6's layers)."""
     plan = fold_plan(model, *inputs, embeddings=embeddings, **kwargs) if plan is None else list(plan)
     check_plan(model, plan)
     inputs64, kwargs64 = to_float64(inputs), to_float64(kwargs)
