@@ -311,11 +311,10 @@ class Block(nn.Module):
 
 
 class PostLNTransformer(nn.Module):
-    """A small causal language model: token + learned position embeddings, n_layers Blocks, and a
-    linear head. forward(idx (B, T) of token ids) returns logits (B, T, V), batch first.
-
-    Every linear map (Q, K and V each on its own) starts Xavier-uniform with a zero bias. With PyTorch's
-    smaller default init the branches start weak, and the depth effect this file is about is muted."""
+    """A small causal language model: token + learned position embeddings, n_layers Blocks, and a linear
+    head. forward(idx (B, T) of token ids) returns logits (B, T, V), batch first. Every linear map (Q, K and
+    V each on its own) starts Xavier-uniform with a zero bias: with PyTorch's smaller default init the
+    branches start weak, and the depth effect this file is about is muted."""
 
     def __init__(self, config: TransformerConfig):
         super().__init__()
@@ -412,8 +411,7 @@ def profile_omega(model: nn.Module, *inputs, stacks: list[nn.Module] | None = No
     """Set every OmegaResidual of `model` from one forward pass, model(*inputs, **kwargs); return the
     values in the order the pass called the residuals (one per sub-layer).
 
-    Within a stack, a running ratio r starts at 1 and each residual, as it is called with
-    (x_{i-1}, f_i(x_{i-1})), gets
+    Within a stack, a running ratio r starts at 1 and each residual, called with (x_{i-1}, f_i(x_{i-1})), gets
         ω_i = r,   then   r ← sqrt(Var[ω_i ⊙ x_{i-1}] + Var[f_i(x_{i-1})]),
     variances over all elements (population variance). Since x_{i-1} is a LayerNorm output,
     ω_i² ≈ Var[x_0] + Σ_{j<i} Var[f_j] from i = 2 on: each ω grows by the variance earlier branches add.
@@ -421,9 +419,8 @@ def profile_omega(model: nn.Module, *inputs, stacks: list[nn.Module] | None = No
     counts its own sub-layers, as the paper's code does); default: the whole model is one stack.
     Dropout is off while profiling (our choice: it would inflate Var f); the train/eval mode is restored.
     Variances count padding too, as the paper's code does; to leave it out, profile equal-length sequences.
-    Profile before wrapping (a DDP, FSDP or torch.compile wrapper is refused; DDP's constructor copies rank
-    0's ω to every rank, after it nothing does: profile its .module only on a batch every rank shares) and
-    before building the optimizer (one that keeps float32 master weights would write the old ω back)."""
+    Profile before wrapping (wrappers are refused; DDP's constructor copies rank 0's ω to every rank, after
+    it nothing does) and before building the optimizer (float32 master weights would write old ω back)."""
     refuse_wrapped(model, "profile_omega")
     names = {m: name for name, m in model.named_modules() if isinstance(m, OmegaResidual)}
     if not names:
@@ -473,11 +470,11 @@ def fold_omega(omega: Tensor, producers: list[Tensor], readers: list[Tensor]) ->
     """Fold the ω_i of one sub-layer into its neighbours, in place, so its shortcut needs no ω.
 
     omega: ω_i, shape (C,) or (1,). producers: the tensors that make x_{i-1}, each with C last — a
-    LayerNorm's weight γ and bias b (x_{i-1} = γ ⊙ u + b), or the embedding tables that sum to x_0
-    (V, C); each is multiplied by ω_i, so they make ω_i ⊙ x_{i-1}. readers: the weight matrices
-    (out, C) in branch i that read x_{i-1} — Q, K and V of self-attention, only Q of cross-attention
-    (K and V read the encoder's output, which carries no ω of this sub-layer), the first linear of a
-    feed-forward network; their input columns are divided by ω_i: W' = W · diag(1/ω_i).
+    LayerNorm's weight γ and bias b (x_{i-1} = γ ⊙ u + b), or the embedding tables (V, C) that sum to x_0;
+    each is multiplied by ω_i, so they make ω_i ⊙ x_{i-1}. readers: the weight matrices (out, C) in branch
+    i that read x_{i-1} — Q, K and V of self-attention, only Q of cross-attention (K and V read the
+    encoder's output), the first linear of a feed-forward network: W' = W · diag(1/ω_i), their input
+    columns divided by ω_i.
 
     Exact when x_{i-1} is read only by sub-layer i (its shortcut and the readers) and the readers' biases
     are left alone; LayerNorm's eps is untouched, since only its affine output changes. Then set ω_i to 1.
@@ -533,8 +530,8 @@ def reparameterize(model: PostLNTransformer) -> PostLNTransformer:
 # 6. PyTorch's own layers with ω: change the class name, keep every argument
 #
 # Both lean on torch's private branch methods _sa_block, _mha_block and _ff_block (each returns
-# f_i(x_{i-1}) with its dropout), so the masks, is_causal, activation and batch_first behave exactly as
-# in torch's layers; the encoder also on F._canonical_mask (its layer's mask conversion) and on
+# f_i(x_{i-1}) with its dropout), so the masks, is_causal, activation and batch_first behave exactly as in
+# torch's layers; the encoder also on F._canonical_mask (its layer's mask conversion) and on
 # torch._nested_tensor_from_tensor_list (torch.nested.as_nested_tensor's, which TorchScript can call).
 # .ci/torch-range runs their tests at both ends of our torch range.
 # ---------------------------------------------------------------------------------------------------
@@ -557,14 +554,14 @@ class TransformerEncoderLayer(nn.TransformerEncoderLayer):
         x = LN(ω_1 ⊙ x + SelfAttention(x)),   then   x = LN(ω_2 ⊙ x + FFN(x))
 
     Takes torch's arguments, plus (keyword-only) num_res_layers: the sub-layers of the whole stack, 2 per
-    encoder layer, for calculate_init; output_change_scale as there; as_parameter: True (default) for
-    the paper's trainable vector ω, False for admin-torch's fixed scalar. The state dict is torch's plus
-    res1.omega and res2.omega: once fold() has folded ω, the rest loads with strict=True into torch's
-    layer. A nested input (nn.TransformerEncoder's eval path with a padding mask) is run padded. What
-    cannot hold: torch's fused fast path (torch._transformer_encoder_layer_fwd, eval without gradients) is
-    never taken, since ω sits between its operations; the composite path gives the same values to
-    rounding, except that a row whose keys are all masked may be NaN in one and finite in the other, and
-    torch's fused kernel gives NaN under a float src_mask with finite entries (2.13, CPU)."""
+    encoder layer, for calculate_init; output_change_scale as there; as_parameter: True (default) for the
+    paper's trainable vector ω, False for admin-torch's fixed scalar. The state dict is torch's plus
+    res1.omega and res2.omega: once fold() has folded ω, the rest loads with strict=True into torch's layer.
+    A nested input (nn.TransformerEncoder's eval path with a padding mask) is run padded. What cannot hold:
+    torch's fused fast path (torch._transformer_encoder_layer_fwd, eval without gradients) is never taken,
+    since ω sits between its operations; the composite path gives the same values to rounding, except that a
+    row whose keys are all masked may be NaN in one and finite in the other, and torch's fused kernel gives
+    NaN under a float src_mask with finite entries (2.13, CPU)."""
 
     def __init__(self, *args, num_res_layers: int, output_change_scale: str = "default",
                  as_parameter: bool = True, **kwargs):
@@ -672,14 +669,14 @@ class InlineShortcuts:
 def attach_omega(layers: nn.ModuleList | list[nn.Module], norms: list[str], *, fixed_first: bool = False,
                  output_change_scale: str = "default", **options) -> list[OmegaResidual]:
     """ω on every shortcut of a stack of Post-LN layers that add it inline, norm(x + f(x)), their forward
-    untouched: norms names each layer's Post-LN norms in call order, e.g. for Hugging Face BART's encoder
-    attach_omega(model.model.encoder.layers, ["self_attn_layer_norm", "final_layer_norm"]). A pre-hook
-    rewrites a norm's input s = x + f(x) as ω ⊙ x + (s − x), x being the layer's input, then the previous
-    norm's output; the OmegaResidual sits on the norm (<norm>.residual), where profile_omega and fold find
-    it. ω = calculate_init(len(layers) * len(norms), output_change_scale); options: as_parameter (True) and
+    untouched. norms: each layer's Post-LN norms in call order, e.g. ["self_attn_layer_norm",
+    "final_layer_norm"] for Hugging Face BART's encoder layers. A pre-hook rewrites a norm's input
+    s = x + f(x) as ω ⊙ x + (s − x), x being the layer's input, then the previous norm's output; the
+    OmegaResidual sits on the norm (<norm>.residual), where profile_omega and fold find it.
+    ω = calculate_init(len(layers) * len(norms), output_change_scale); options: as_parameter (True),
     embed_dim, as OmegaResidual's. fixed_first: the stack's first ω stays 1 (a buffer), so nothing folds
-    into tied or regenerated embeddings. Refused: a name that is no norm; norms called out of order or not
-    once per layer pass; a Pre-LN first norm. Not checked: that the layer adds this x."""
+    into tied or regenerated embeddings. Refused: a name that is no norm; norms out of order or not once
+    per layer pass; a Pre-LN first norm. Not checked: that the layer adds this x."""
     layers, residuals = list(layers), []
     if isinstance(norms, str) or not norms or len(set(norms)) < len(norms):
         raise ValueError(f"attach_omega: norms must list a layer's Post-LN norms once each, got {norms!r}")
@@ -715,8 +712,7 @@ class Rows(NamedTuple):
 
 
 class FoldStep(NamedTuple):
-    """One sub-layer's fold, as fold_omega takes it: the shortcut, the tensors that make x_{i-1}
-    (multiplied by ω_i) and the weights in branch i that read x_{i-1} (input columns divided by ω_i)."""
+    """One sub-layer's fold, as fold_omega takes it: the residual, the producers and readers of x_{i-1}."""
 
     residual: str  # the OmegaResidual's module name
     producers: tuple[Rows, ...]
@@ -992,14 +988,13 @@ def fold(model: nn.Module, *inputs, embeddings: dict[nn.Module, list[Tensor]] | 
     """Fold every ω of `model` into the weights around it, set ω to 1, and check that nothing moved.
 
     inputs, kwargs: an example call model(*inputs, **kwargs), e.g. a batch with its masks, that reaches
-    every sub-layer and every weight that reads one (a weight it never reaches, such as an expert the
-    batch skips, is neither traced nor checked). embeddings: {stack: [the tensors that sum to its x_0]},
-    as fold_plan's; plan: fold_plan's unless given. The check: a float64 copy of the model (memory: the
-    whole model in float64) is folded first; if a residual keeps ω ≠ 1, or the outputs on the example
-    moved by more than FOLD_BOUND (relative), fold raises, names the first step that moves them, and
-    leaves `model` as it was. Else `model` gets the copy's folded tensors, rounded once to its own dtype,
-    and every ω = 1. Returns a Folded, whose state dict loads with strict=True into the same model built
-    without ω (torch's own classes, for section 6's layers)."""
+    every sub-layer and every weight that reads one (one it never reaches, such as an expert the batch
+    skips, is neither traced nor checked). embeddings: {stack: [the tensors that sum to its x_0]}, as
+    fold_plan's; plan: fold_plan's unless given. The check: a float64 copy of the whole model is folded
+    first; if a residual keeps ω ≠ 1, or the outputs on the example moved by more than FOLD_BOUND
+    (relative), fold raises, names the first step that moves them, and leaves `model` as it was. Else
+    `model` gets the copy's folded tensors, rounded once to its own dtype, and every ω = 1; the Folded it
+    returns loads with strict=True into the model built without ω (torch's own classes, for section 6's)."""
     plan = fold_plan(model, *inputs, embeddings=embeddings, **kwargs) if plan is None else list(plan)
     check_plan(model, plan)
     inputs64, kwargs64 = to_float64(inputs), to_float64(kwargs)
