@@ -4,13 +4,12 @@ The problem. A Post-LN Transformer normalizes *after* each residual add,
 
     x_i = LN(x_{i-1} + f_i(x_{i-1}))                                   (Post-LN)
 
-where i counts residual *sub-layers* (a self-attention and a feed-forward branch are two). At
-initialization the shortcut and the branch have about the same variance, so every sub-layer leans on its
-own branch f_i by about one half. A small parameter update then moves the output by an amount that
-grows with the number of sub-layers n, O(n), and deep Post-LN models fail early in training (in the
-paper's translation runs they diverged; on our toy they get stuck at chance).
-Pre-LN (x_i = x_{i-1} + f_i(LN(x_{i-1}))) trains; in the paper's 18-layer translation experiment it
-ended a little below Admin (the evidence: tutorial.md, Section 7).
+where i counts residual *sub-layers* (a self-attention and a feed-forward branch are two). At initialization
+the shortcut and the branch have about the same variance, so every sub-layer leans on its own branch f_i by
+about one half. A small parameter update then moves the output by O(n), n the number of sub-layers, and
+deep Post-LN models fail early in training (in the paper's translation runs they diverged; on our toy they
+get stuck at chance). Pre-LN (x_i = x_{i-1} + f_i(LN(x_{i-1}))) trains; in the paper's 18-layer
+translation experiment it ended a little below Admin (the evidence: tutorial.md, Section 7).
 
 The fix (Liu et al., 2020, Sec. 4). Scale each shortcut by ω_i,
 
@@ -39,13 +38,12 @@ Or use the small causal Transformer below, profile ω on a batch, train, and fol
     (8, 1.0)
     >>> plain = admin.reparameterize(model)                             # vanilla Post-LN, same logits
 
-Your own model works the same way: profile_omega(model, *inputs, stacks=[...]) sets every
-OmegaResidual it meets in the forward pass, and fold(model, *inputs) folds every ω, checks on those
-inputs that the outputs did not move, and returns a state dict without ω, whose load_into(stock) loads
-it into your unmodified model and checks it there. PyTorch's own layers with ω are
-TransformerEncoderLayer and TransformerDecoderLayer below (section 6): change the class name, add
-num_res_layers. A Post-LN model that adds its residuals inline (Hugging Face's BERT, BART, FSMT) gets ω
-from attach_omega(layers, norms), one call per stack, its forward untouched (tutorial.md Section 14).
+Your own model works the same way: profile_omega(model, *inputs, stacks=[...]) sets every OmegaResidual
+the forward pass meets; fold(model, *inputs) folds every ω, checks on those inputs that the outputs did
+not move, and returns a state dict without ω, whose load_into(stock) loads and checks it in your unmodified
+model. PyTorch's layers with ω: TransformerEncoderLayer and TransformerDecoderLayer (section 6), change the
+class name and add num_res_layers. A Post-LN model that adds its residuals inline (Hugging Face's BERT,
+BART, FSMT) gets ω from attach_omega(layers, norms), one call per stack (tutorial.md Section 14).
 
 Tensor dimensions, used in shape comments: B batch, T sequence length, C d_model, V vocab_size.
 
@@ -117,11 +115,9 @@ def whole_number(value, name: str, meaning: str) -> int:
 
 
 def calculate_init(num_res_layers: int, output_change_scale: str = "O(logn)") -> float:
-    """ω for a stack of `num_res_layers` residual sub-layers (N = 2 × layers for attention + FFN).
-
+    """ω for a stack of N = `num_res_layers` residual sub-layers (2 × layers for attention + FFN).
     output_change_scale: "O(n)" (ω = 1), "O(logn)" or "default" (ω = sqrt((N+1)/ln(N+1) − 1)),
-    or "O(1)" (ω = sqrt(N)). The same values as the admin-torch 0.1.0 package.
-    """
+    or "O(1)" (ω = sqrt(N))."""
     n = whole_number(num_res_layers, "num_res_layers", "residual sub-layers, e.g. 2 * n_layers")
     return omega_formula(output_change_scale)(n)
 
@@ -161,8 +157,7 @@ class OmegaResidual(nn.Module):
 
     init_value: ω_i at initialization. as_parameter: False keeps ω a fixed scalar buffer (shape (1,));
     True makes it a trainable vector with one entry per feature, as the paper trains it, and then
-    embed_dim (C) is required. device, dtype: where and in what ω is stored, as torch's factory keywords.
-    """
+    embed_dim (C) is required. device, dtype: where and in what ω is stored, as torch's factory keywords."""
 
     def __init__(self, init_value: float, as_parameter: bool = False, embed_dim: int | None = None, *,
                  device=None, dtype=None):
@@ -264,12 +259,9 @@ class CausalSelfAttention(nn.Module):
 class Block(nn.Module):
     """One layer: causal self-attention, then a ReLU feed-forward network, each a residual sub-layer.
 
-    Post-LN (residual "admin", "vanilla" or "deepnorm"): the LayerNorm comes after the residual add,
-    and the shortcut is scaled by ω (res1, res2 are OmegaResidual for Admin, and for DeepNorm with
-    its fixed α as ω; PlainResidual for vanilla).
-    Pre-LN ("preln"): the LayerNorm comes before the branch. Submodule and parameter names follow
-    torch.nn.TransformerEncoderLayer, so a vanilla block's state_dict loads into one unchanged.
-    """
+    Post-LN ("admin", "vanilla", "deepnorm"): the LayerNorm comes after the residual add, and res1, res2
+    scale the shortcut by ω (DeepNorm's ω: its fixed α). Pre-LN ("preln"): the LayerNorm comes before the
+    branch. Names follow torch.nn.TransformerEncoderLayer, so a vanilla block's state_dict loads into one."""
 
     def __init__(self, config: TransformerConfig):
         super().__init__()
@@ -281,8 +273,7 @@ class Block(nn.Module):
         self.norm_first = config.residual == "preln"
         if config.residual == "admin":
             omega = calculate_init(2 * config.n_layers, config.output_change_scale)
-            self.res1 = OmegaResidual(omega, config.omega_as_parameter, C)
-            self.res2 = OmegaResidual(omega, config.omega_as_parameter, C)
+            self.res1, self.res2 = (OmegaResidual(omega, config.omega_as_parameter, C) for _ in range(2))
         elif config.residual == "deepnorm":  # DeepNet: x_i = LN(α x_{i-1} + f_i(x_{i-1})), α fixed
             alpha = deepnorm_alpha(config.n_layers)
             self.res1, self.res2 = OmegaResidual(alpha), OmegaResidual(alpha)
@@ -320,12 +311,10 @@ class Block(nn.Module):
 
 
 class PostLNTransformer(nn.Module):
-    """A small causal language model: token + learned position embeddings, n_layers Blocks, and a
-    linear head. forward(idx (B, T) of token ids) returns logits (B, T, V), batch first.
-
-    Every linear map (Q, K and V each on its own) starts Xavier-uniform with a zero bias. With PyTorch's
-    smaller default init the branches start weak, and the depth effect this file is about is muted.
-    """
+    """A small causal language model: token + learned position embeddings, n_layers Blocks, and a linear
+    head. forward(idx (B, T) of token ids) returns logits (B, T, V), batch first. Every linear map (Q, K and
+    V each on its own) starts Xavier-uniform with a zero bias: with PyTorch's smaller default init the
+    branches start weak, and the depth effect this file is about is muted."""
 
     def __init__(self, config: TransformerConfig):
         super().__init__()
@@ -390,8 +379,7 @@ def eval_pass(model: nn.Module):
 
 
 def hooked_pass(model: nn.Module, hooks: list, inputs: tuple, kwargs: dict) -> None:
-    """One eval_pass of model(*inputs, **kwargs) for the hooks to watch; they are removed after it,
-    whatever happens."""
+    """One eval_pass of model(*inputs, **kwargs) for the hooks to watch; they are removed after it, always."""
     try:
         with eval_pass(model):
             model(*inputs, **kwargs)
@@ -423,25 +411,19 @@ def profile_omega(model: nn.Module, *inputs, stacks: list[nn.Module] | None = No
     """Set every OmegaResidual of `model` from one forward pass, model(*inputs, **kwargs); return the
     values in the order the pass called the residuals (one per sub-layer).
 
-    Within a stack, a running ratio r starts at 1 and each residual, as it is called with
-    (x_{i-1}, f_i(x_{i-1})), gets
+    Within a stack, a running ratio r starts at 1 and each residual, called with (x_{i-1}, f_i(x_{i-1})), gets
         ω_i = r,   then   r ← sqrt(Var[ω_i ⊙ x_{i-1}] + Var[f_i(x_{i-1})]),
     variances over all elements (population variance). Since x_{i-1} is a LayerNorm output,
     ω_i² ≈ Var[x_0] + Σ_{j<i} Var[f_j] from i = 2 on: each ω grows by the variance earlier branches add.
     stacks: sub-modules that keep their own ratio, e.g. [model.encoder, model.decoder] (each stack
     counts its own sub-layers, as the paper's code does); default: the whole model is one stack.
     Dropout is off while profiling (our choice: it would inflate Var f); the train/eval mode is restored.
-    Profile first, then wrap and build the optimizer: a DDP, FSDP or torch.compile wrapper is refused
-    (profile the module inside it), and an optimizer that keeps its own float32 master copy of the
-    weights would write the old ω back at its next step. Under DDP profile before wrapping, or on one
-    batch that every rank shares: DDP's constructor copies rank 0's ω to every rank, after it nothing
-    does. Variances count every position of the batch, padding included, as the paper's code does;
-    to leave padding out, profile on a batch of equal-length sequences.
-    """
+    Variances count padding too, as the paper's code does; to leave it out, profile equal-length sequences.
+    Profile before wrapping (wrappers are refused; DDP's constructor copies rank 0's ω to every rank, after
+    it nothing does) and before building the optimizer (float32 master weights would write old ω back)."""
     refuse_wrapped(model, "profile_omega")
     names = {m: name for name, m in model.named_modules() if isinstance(m, OmegaResidual)}
-    residuals = list(names)
-    if not residuals:
+    if not names:
         raise ValueError(f"profile_omega: {type(model).__name__} has no OmegaResidual to profile")
     stacks = stacks or [model]
     stack_of = {}  # residual -> index of its stack
@@ -449,8 +431,7 @@ def profile_omega(model: nn.Module, *inputs, stacks: list[nn.Module] | None = No
         for m in stack.modules():
             if isinstance(m, OmegaResidual) and stack_of.setdefault(m, k) != k:
                 raise ValueError(f"profile_omega: an OmegaResidual is in stacks {stack_of[m]} and {k}")
-    outside = [name for name, m in model.named_modules()
-               if isinstance(m, OmegaResidual) and m not in stack_of]
+    outside = [name for m, name in names.items() if m not in stack_of]
     if outside:
         raise ValueError(f"profile_omega: OmegaResidual {outside[0]!r} is outside every given stack")
     ratio, omegas, called = [1.0] * len(stacks), [], set()
@@ -471,9 +452,9 @@ def profile_omega(model: nn.Module, *inputs, stacks: list[nn.Module] | None = No
         ratio[k] = math.sqrt(torch.var(r * x, correction=0).item() + torch.var(f_x, correction=0).item())
         omegas.append(r)
 
-    hooked_pass(model, [m.register_forward_pre_hook(set_omega, with_kwargs=True) for m in residuals],
+    hooked_pass(model, [m.register_forward_pre_hook(set_omega, with_kwargs=True) for m in names],
                 inputs, kwargs)
-    never = [name for name, m in model.named_modules() if isinstance(m, OmegaResidual) and m not in called]
+    never = [name for m, name in names.items() if m not in called]
     if never:
         raise ValueError(f"profile_omega: OmegaResidual {never[0]!r} was never called by the forward pass")
     return omegas
@@ -489,19 +470,17 @@ def fold_omega(omega: Tensor, producers: list[Tensor], readers: list[Tensor]) ->
     """Fold the ω_i of one sub-layer into its neighbours, in place, so its shortcut needs no ω.
 
     omega: ω_i, shape (C,) or (1,). producers: the tensors that make x_{i-1}, each with C last — a
-    LayerNorm's weight γ and bias b (x_{i-1} = γ ⊙ u + b), or the embedding tables that sum to x_0
-    (V, C); each is multiplied by ω_i, so they make ω_i ⊙ x_{i-1}. readers: the weight matrices
-    (out, C) in branch i that read x_{i-1} — Q, K and V of self-attention, only Q of cross-attention
-    (K and V read the encoder's output, which carries no ω of this sub-layer), the first linear of a
-    feed-forward network; their input columns are divided by ω_i: W' = W · diag(1/ω_i).
+    LayerNorm's weight γ and bias b (x_{i-1} = γ ⊙ u + b), or the embedding tables (V, C) that sum to x_0;
+    each is multiplied by ω_i, so they make ω_i ⊙ x_{i-1}. readers: the weight matrices (out, C) in branch
+    i that read x_{i-1} — Q, K and V of self-attention, only Q of cross-attention (K and V read the
+    encoder's output), the first linear of a feed-forward network: W' = W · diag(1/ω_i), their input
+    columns divided by ω_i.
 
-    Exact when x_{i-1} is read only by sub-layer i (its shortcut and the readers) and the readers'
-    biases are left alone; LayerNorm's eps is untouched, since only its affine output changes. Then
-    set ω_i to 1, or build the model without ω and load the folded weights. What breaks it: an
-    embedding tied to the output layer (untie it first: give the head its own copy of the weight);
-    positions that are not a parameter or buffer (sinusoids computed on the fly: store them as a
-    buffer and pass it as a producer, or keep ω_1 as one multiply on the embedding).
-    """
+    Exact when x_{i-1} is read only by sub-layer i (its shortcut and the readers) and the readers' biases
+    are left alone; LayerNorm's eps is untouched, since only its affine output changes. Then set ω_i to 1.
+    What breaks it: an embedding tied to the output layer (untie it: give the head its own copy); positions
+    computed on the fly (sinusoids: store them as a buffer and pass it as a producer, or keep ω_1 as one
+    multiply on the embedding)."""
     omega = omega.detach().reshape(-1)
     zeros = (omega == 0).nonzero().flatten().tolist()
     if zeros:
@@ -521,19 +500,15 @@ def fold_omega(omega: Tensor, producers: list[Tensor], readers: list[Tensor]) ->
 @torch.no_grad()
 def reparameterize(model: PostLNTransformer) -> PostLNTransformer:
     """A new "vanilla" model, with no ω, whose logits equal the Admin (or DeepNorm: its α is a constant
-    ω) model's. `model` is unchanged.
-
-    Sub-layer i reads x_{i-1}, made by the embeddings (i = 1) or by sub-layer i − 1's LayerNorm, and
-    nothing else reads it: fold_omega applies, with the attention's Q, K, V (stacked) or the first
-    feed-forward linear as readers.
-    """
+    ω) model's; `model` is unchanged. Sub-layer i reads x_{i-1}, made by the embeddings (i = 1) or by
+    sub-layer i − 1's LayerNorm, and nothing else reads it: fold_omega applies, with the sub-layer's
+    input_weight as reader."""
     residual = getattr(getattr(model, "config", None), "residual", None)
     if not isinstance(model, PostLNTransformer) or residual not in ("admin", "deepnorm"):
         raise ValueError(f"reparameterize needs a PostLNTransformer with residual='admin' (or "
                          f"'deepnorm', whose α folds as a constant ω), got {type(model).__name__} "
                          f"with residual={residual!r}")
-    omega_keys = {f"{name}.omega" for name, module in model.named_modules()
-                  if isinstance(module, OmegaResidual)}
+    omega_keys = {f"{name}.omega" for name, m in model.named_modules() if isinstance(m, OmegaResidual)}
     with torch.device("meta"):  # no memory and no random numbers spent on a throw-away init
         plain = PostLNTransformer(replace(model.config, residual="vanilla"))
     state = {k: v.clone() for k, v in model.state_dict().items() if k not in omega_keys}
@@ -555,8 +530,8 @@ def reparameterize(model: PostLNTransformer) -> PostLNTransformer:
 # 6. PyTorch's own layers with ω: change the class name, keep every argument
 #
 # Both lean on torch's private branch methods _sa_block, _mha_block and _ff_block (each returns
-# f_i(x_{i-1}) with its dropout), so the masks, is_causal, activation and batch_first behave exactly as
-# in torch's layers; the encoder also on F._canonical_mask (its layer's mask conversion) and on
+# f_i(x_{i-1}) with its dropout), so the masks, is_causal, activation and batch_first behave exactly as in
+# torch's layers; the encoder also on F._canonical_mask (its layer's mask conversion) and on
 # torch._nested_tensor_from_tensor_list (torch.nested.as_nested_tensor's, which TorchScript can call).
 # .ci/torch-range runs their tests at both ends of our torch range.
 # ---------------------------------------------------------------------------------------------------
@@ -579,16 +554,14 @@ class TransformerEncoderLayer(nn.TransformerEncoderLayer):
         x = LN(ω_1 ⊙ x + SelfAttention(x)),   then   x = LN(ω_2 ⊙ x + FFN(x))
 
     Takes torch's arguments, plus (keyword-only) num_res_layers: the sub-layers of the whole stack, 2 per
-    encoder layer, for calculate_init; output_change_scale as there; as_parameter: True (default) for
-    the paper's trainable vector ω, False for admin-torch's fixed scalar. The state dict is torch's
-    plus res1.omega and res2.omega, so once fold() has folded ω the rest loads with strict=True into
-    torch's layer. A nested input (nn.TransformerEncoder's path in eval mode with a padding mask) is
-    padded, run and nested again, its gradients kept. What cannot hold: torch's fused fast path
-    (torch._transformer_encoder_layer_fwd, eval without gradients) is never taken, since ω sits between
-    its operations. This layer always runs the composite path torch's runs in training: the same values
-    to rounding, except that a row whose keys are all masked may be NaN in one and finite in the other,
-    and that torch's fused kernel gives NaN under a float src_mask with finite entries (2.13, CPU).
-    """
+    encoder layer, for calculate_init; output_change_scale as there; as_parameter: True (default) for the
+    paper's trainable vector ω, False for admin-torch's fixed scalar. The state dict is torch's plus
+    res1.omega and res2.omega: once fold() has folded ω, the rest loads with strict=True into torch's layer.
+    A nested input (nn.TransformerEncoder's eval path with a padding mask) is run padded. What cannot hold:
+    torch's fused fast path (torch._transformer_encoder_layer_fwd, eval without gradients) is never taken,
+    since ω sits between its operations; the composite path gives the same values to rounding, except that a
+    row whose keys are all masked may be NaN in one and finite in the other, and torch's fused kernel gives
+    NaN under a float src_mask with finite entries (2.13, CPU)."""
 
     def __init__(self, *args, num_res_layers: int, output_change_scale: str = "default",
                  as_parameter: bool = True, **kwargs):
@@ -630,8 +603,7 @@ class TransformerDecoderLayer(nn.TransformerDecoderLayer):
         y = LN(ω_3 ⊙ y + FFN(y))
 
     Arguments as TransformerEncoderLayer's; num_res_layers counts 3 per decoder layer. Cross-attention's
-    ω folds into W_Q alone: W_K and W_V read memory, which carries no ω of this stack.
-    """
+    ω folds into W_Q alone (fold_omega): W_K and W_V read memory, which carries no ω of this stack."""
 
     def __init__(self, *args, num_res_layers: int, output_change_scale: str = "default",
                  as_parameter: bool = True, **kwargs):
@@ -643,9 +615,8 @@ class TransformerDecoderLayer(nn.TransformerDecoderLayer):
                 memory_mask: Tensor | None = None, tgt_key_padding_mask: Tensor | None = None,
                 memory_key_padding_mask: Tensor | None = None, tgt_is_causal: bool = False,
                 memory_is_causal: bool = False) -> Tensor:
-        x = tgt
         # Post-LN with ω, three times: x_i = LN(ω_i ⊙ x_{i-1} + f_i(x_{i-1}))
-        x = self.norm1(self.res1(x, self._sa_block(x, tgt_mask, tgt_key_padding_mask, tgt_is_causal)))
+        x = self.norm1(self.res1(tgt, self._sa_block(tgt, tgt_mask, tgt_key_padding_mask, tgt_is_causal)))
         x = self.norm2(self.res2(x, self._mha_block(x, memory, memory_mask, memory_key_padding_mask,
                                                     memory_is_causal)))
         return self.norm3(self.res3(x, self._ff_block(x)))
@@ -698,14 +669,14 @@ class InlineShortcuts:
 def attach_omega(layers: nn.ModuleList | list[nn.Module], norms: list[str], *, fixed_first: bool = False,
                  output_change_scale: str = "default", **options) -> list[OmegaResidual]:
     """ω on every shortcut of a stack of Post-LN layers that add it inline, norm(x + f(x)), their forward
-    untouched: norms names each layer's Post-LN norms in call order, e.g. for Hugging Face BART's encoder
-    attach_omega(model.model.encoder.layers, ["self_attn_layer_norm", "final_layer_norm"]). A pre-hook
-    rewrites a norm's input s = x + f(x) as ω ⊙ x + (s − x), x being the layer's input, then the previous
-    norm's output; the OmegaResidual sits on the norm (<norm>.residual), where profile_omega and fold find
-    it. ω = calculate_init(len(layers) * len(norms), output_change_scale); options: as_parameter (True) and
+    untouched. norms: each layer's Post-LN norms in call order, e.g. ["self_attn_layer_norm",
+    "final_layer_norm"] for Hugging Face BART's encoder layers. A pre-hook rewrites a norm's input
+    s = x + f(x) as ω ⊙ x + (s − x), x being the layer's input, then the previous norm's output; the
+    OmegaResidual sits on the norm (<norm>.residual), where profile_omega and fold find it.
+    ω = calculate_init(len(layers) * len(norms), output_change_scale); options: as_parameter (True),
     embed_dim, as OmegaResidual's. fixed_first: the stack's first ω stays 1 (a buffer), so nothing folds
-    into tied or regenerated embeddings. Refused: a name that is no norm; norms called out of order or not
-    once per layer pass; a Pre-LN first norm. Not checked: that the layer adds this x."""
+    into tied or regenerated embeddings. Refused: a name that is no norm; norms out of order or not once
+    per layer pass; a Pre-LN first norm. Not checked: that the layer adds this x."""
     layers, residuals = list(layers), []
     if isinstance(norms, str) or not norms or len(set(norms)) < len(norms):
         raise ValueError(f"attach_omega: norms must list a layer's Post-LN norms once each, got {norms!r}")
@@ -741,8 +712,7 @@ class Rows(NamedTuple):
 
 
 class FoldStep(NamedTuple):
-    """One sub-layer's fold, as fold_omega takes it: the shortcut, the tensors that make x_{i-1}
-    (multiplied by ω_i) and the weights in branch i that read x_{i-1} (input columns divided by ω_i)."""
+    """One sub-layer's fold, as fold_omega takes it: the residual, the producers and readers of x_{i-1}."""
 
     residual: str  # the OmegaResidual's module name
     producers: tuple[Rows, ...]
@@ -779,14 +749,12 @@ class Trace:
         self.read_by: dict[tuple, list[Rows]] = {}  # key -> the weight rows that read it
         self.calls: list[tuple[OmegaResidual, tuple]] = []  # (residual, key of its x), in call order
         self.kept: list[Tensor] = []
-        hooks = []
-        for m in self.names:
-            if isinstance(m, NORMS):
-                hooks.append(m.register_forward_hook(self.norm))
-            elif isinstance(m, (nn.Linear, nn.MultiheadAttention, CausalSelfAttention)):
-                hooks.append(m.register_forward_pre_hook(self.reader, with_kwargs=True))
-            elif isinstance(m, OmegaResidual):
-                hooks.append(m.register_forward_pre_hook(self.residual, with_kwargs=True))
+        readers = (nn.Linear, nn.MultiheadAttention, CausalSelfAttention)  # the modules reader_inputs knows
+        hooks = [m.register_forward_hook(self.norm) for m in self.names if isinstance(m, NORMS)]
+        hooks += [m.register_forward_pre_hook(self.reader, with_kwargs=True) for m in self.names
+                  if isinstance(m, readers)]
+        hooks += [m.register_forward_pre_hook(self.residual, with_kwargs=True) for m in self.names
+                  if isinstance(m, OmegaResidual)]
         hooked_pass(model, hooks, inputs, kwargs)
 
     def norm(self, module: nn.Module, args: tuple, output: Tensor) -> None:
@@ -827,9 +795,8 @@ def stack_inputs(model: nn.Module, trace: Trace, embeddings: dict[nn.Module, lis
         for t in tensors:
             if storage_key(t) not in names:
                 raise ValueError(f"fold: an embeddings tensor of shape {tuple(t.shape)} is no parameter or "
-                                 "buffer of the model (pass the whole table, not a slice of it), so ω cannot "
-                                 "be folded into it: positions computed on the fly (sinusoids) must be stored "
-                                 "as a buffer and named here")
+                                 "buffer of the model (pass whole tables, not slices), so ω cannot fold "
+                                 "into it: store positions computed on the fly (sinusoids) as a buffer")
             name = names[storage_key(t)][0]
             owner = model.get_submodule(name.rpartition(".")[0])
             if isinstance(owner, nn.Embedding) and type(owner).forward is not nn.Embedding.forward:
@@ -860,10 +827,8 @@ def fold_plan(model: nn.Module, *inputs, embeddings: dict[nn.Module, list[Tensor
     weight γ and bias b of the LayerNorm (or RMSNorm) whose output it is, or, for the input x_0 of a
     stack, the tensors that sum to it. embeddings: {stack: [those tensors]}, a stack being the module
     that holds the residuals, e.g. {model: [tok_emb.weight, pos_emb.weight]}, or one entry each for
-    an encoder and a decoder. The readers are the weights of every nn.Linear, nn.MultiheadAttention
-    (only the rows of Q, K or V whose input is x_{i-1}) and CausalSelfAttention called on x_{i-1}.
-    A residual whose ω is all ones has nothing to fold and gets no step.
-    """
+    an encoder and a decoder. The readers: the weight rows that reader_inputs finds reading x_{i-1}.
+    A residual whose ω is all ones has nothing to fold and gets no step."""
     refuse_wrapped(model, "fold")
     if not any(isinstance(m, OmegaResidual) for m in model.modules()):
         raise ValueError(f"fold: {type(model).__name__} has no OmegaResidual to fold")
@@ -883,10 +848,9 @@ def fold_plan(model: nn.Module, *inputs, embeddings: dict[nn.Module, list[Tensor
         else:
             raise ValueError(
                 f"fold: the shortcut input x of {name!r} is no LayerNorm's output and its ω is not 1. If it "
-                "is a stack's input x_0, pass embeddings={stack: [the tensors that sum to x_0]} (a stack "
-                "built with its first ω at 1 needs none: attach_omega's fixed_first=True); if an operation "
-                "between the LayerNorm and this sub-layer changes x, ω cannot be folded there; else check the "
-                "call: forward(x, f_x) takes the shortcut x (the sub-layer's input) first, the branch f_x second")
+                "is a stack's input x_0, pass embeddings={stack: [the tensors that sum to x_0]} or train "
+                "with that ω at 1 (attach_omega's fixed_first=True); if an operation between the LayerNorm "
+                "and this sub-layer changes x, ω cannot be folded there; else pass x first: forward(x, f_x)")
         readers = merged_rows(trace.read_by.get(key, []), model)
         if not readers:
             raise ValueError(f"fold: no nn.Linear, nn.MultiheadAttention or CausalSelfAttention reads the "
@@ -1023,18 +987,14 @@ def fold(model: nn.Module, *inputs, embeddings: dict[nn.Module, list[Tensor]] | 
          plan: list[FoldStep] | None = None, **kwargs) -> Folded:
     """Fold every ω of `model` into the weights around it, set ω to 1, and check that nothing moved.
 
-    inputs, kwargs: an example call model(*inputs, **kwargs), e.g. a batch with its masks; it must
-    reach every sub-layer and every weight that reads one. embeddings: {stack: [the tensors that sum
-    to its input x_0]}, for stacks whose first ω is not 1 (see fold_plan). plan: fold_plan's unless
-    given. The check: a float64 copy of the model is folded first; if a residual keeps ω ≠ 1, or the
-    outputs on the example moved by more than FOLD_BOUND (relative), fold raises, names the first step
-    that moves them, and leaves `model` as it was. Else `model` gets the copy's folded tensors, rounded
-    once to its own dtype, and every ω = 1. The check sees the code path the example takes: a weight
-    that reads x_{i-1} only on other inputs (an expert the batch never reaches) is neither traced nor
-    checked. Returns a Folded: the state dict without ω, which loads with strict=True into the same
-    model built without ω (torch's own classes, for section 6's layers); Folded.load_into(stock) loads
-    it and checks the stock model on the example. Memory: the copy is the whole model in float64.
-    """
+    inputs, kwargs: an example call model(*inputs, **kwargs), e.g. a batch with its masks, that reaches
+    every sub-layer and every weight that reads one (one it never reaches, such as an expert the batch
+    skips, is neither traced nor checked). embeddings: {stack: [the tensors that sum to its x_0]}, as
+    fold_plan's; plan: fold_plan's unless given. The check: a float64 copy of the whole model is folded
+    first; if a residual keeps ω ≠ 1, or the outputs on the example moved by more than FOLD_BOUND
+    (relative), fold raises, names the first step that moves them, and leaves `model` as it was. Else
+    `model` gets the copy's folded tensors, rounded once to its own dtype, and every ω = 1; the Folded it
+    returns loads with strict=True into the model built without ω (torch's own classes, for section 6's)."""
     plan = fold_plan(model, *inputs, embeddings=embeddings, **kwargs) if plan is None else list(plan)
     check_plan(model, plan)
     inputs64, kwargs64 = to_float64(inputs), to_float64(kwargs)
