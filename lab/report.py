@@ -22,6 +22,5 @@ def render(cfg: TrainConfig, results: list[ArmResult], folded: float | None, sec
     for r in results:
         lines += [train_toy.arm_title(r.arm, cfg)]
         lines += [train_toy.eval_line(r.arm, *h, t) for h, t in zip(r.history, r.eval_seconds)]
-        lines += [train_toy.diverged_line(r)] if r.diverged_at is not None else []
-        lines += [train_toy.interrupted_line(r)] if r.interrupted else []
+        lines += [train_toy.stop_line(r)] if r.diverged_at is not None or r.interrupted else []
     return "\n".join(lines + [train_toy.the_end(results, folded, cfg, seconds)])
