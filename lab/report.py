@@ -9,7 +9,7 @@ from train_toy import ArmResult, TrainConfig
 
 
 def arm_result(arm: str, r: dict) -> ArmResult:
-    """The ArmResult that train_toy.result_json wrote (older files: no times of evaluations)."""
+    """The ArmResult whose JSON train_toy.main wrote (older files: no times of evaluations)."""
     return ArmResult(arm, r["history"], r["steps"], r["diverged_at"], r.get("last_finite_loss"), r["seconds"],
                      r["train_ms_per_step"], r["examples"], r["interrupted"],
                      eval_seconds=r.get("eval_seconds", [0.0] * len(r["history"])))
