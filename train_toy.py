@@ -7,24 +7,19 @@
 Every arm trains the same admin.PostLNTransformer (same initial weights: ω adds no random draws), on the
 same batches, with the same optimizer and schedule; only the residual differs:
     vanilla  x_i = LN(x_{i-1} + f_i(x_{i-1}))           Post-LN
-    admin    x_i = LN(ω_i ⊙ x_{i-1} + f_i(x_{i-1}))     Post-LN, ω = admin.calculate_init(2 * layers,
-                                                        --output-change-scale), or profiled on a batch
-    preln    x_i = x_{i-1} + f_i(LN(x_{i-1}))           Pre-LN baseline (optional arm)
-    deepnorm x_i = LN(α x_{i-1} + f_i(x_{i-1}))         DeepNet: α = (2N)^(1/4) fixed; V, output and
-                                                        FFN weights start × (8N)^(-1/4)
+    admin    x_i = LN(ω_i ⊙ x_{i-1} + f_i(x_{i-1}))     Post-LN, ω = calculate_init(2 * layers) or profiled
+    preln    x_i = x_{i-1} + f_i(LN(x_{i-1}))           Pre-LN baseline
+    deepnorm x_i = LN(α x_{i-1} + f_i(x_{i-1}))         DeepNet: α = (2N)^(1/4); V, output, FFN × (8N)^(-1/4)
 
 The task, a worked example (--task reverse --digits 4). Tokens 0-9 are digits, 10 is the separator "|":
     digits     3 1 4 1
     sequence   3 1 4 1 | 1 4 1 3                        (copy: 3 1 4 1 | 3 1 4 1)
     input      3 1 4 1 | 1 4 1                          the sequence without its last token
     target     - - - - 1 4 1 3                          the next token; "-" = ignore_index (prompt)
-The loss covers only the answer. Accuracy is exact match of whole answers on a held-out set whose
-digit strings are never drawn for training, measured by one teacher-forced pass: every answer token is
-the argmax given the true earlier ones exactly when greedy decoding reproduces the answer.
-
-Optimizer: Adam, betas (0.9, 0.98) as in the paper's recipes; linear warm-up to --lr, then linear decay
-to zero at the end of --steps; no gradient clipping (it would hide the instability this demo is about).
-Imports torch and admin alone; the lab (lab/) builds its runs from this file's TrainConfig and train_arm.
+The loss covers only the answer. Accuracy: exact match of whole answers on held-out strings never drawn
+for training, in one teacher-forced pass (all answer tokens right given the true earlier ones exactly
+when greedy decoding reproduces the answer). Adam with linear warm-up and decay, no gradient clipping
+(it would hide the instability this demo is about). The lab (lab/) builds its runs on this file.
 """
 
 from __future__ import annotations
@@ -38,30 +33,24 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
-import torch.nn.functional as F
 
 import admin
 
 ARMS = ("vanilla", "admin", "preln", "deepnorm")  # the residual kinds the demo can train
 SEP, VOCAB, IGNORE = 10, 11, -100
-BETAS = (0.9, 0.98)  # Adam's moment decay rates
+BETAS = (0.9, 0.98)  # Adam's moment decay rates, as in the paper's recipes
 SOLVED, SOLVED_EVALS = 0.99, 3  # "learned": 99% exact; stop an arm that held it for 3 evaluations
 CHANCE_LOSS = math.log(10)  # cross-entropy of a uniform guess over the ten digits
 FOLD_BOUND = 1e-4  # relative logit error of the fold: float32 rounding gives ~1e-7, a wrong fold ~1e-2
 SHALLOW = 48  # up to this depth the demo trains at 2e-3, 50 warm-up steps of 200; deeper, by the rule
 LR_RULE = f"lr = 2e-3·√({SHALLOW}/layers)"  # schedule_for's deep peak, in words
+LEAST = dict(layers=1, steps=1, warmup=0, eval_every=1, batch_size=1, d_model=1, n_heads=1, seed=0, threads=1)
 
 
-# ---------------------------------------------------------------------------------------------------
-# The configuration: one dataclass, the schedule by depth for what is left unset
-# ---------------------------------------------------------------------------------------------------
-
-
+# --- The configuration: one dataclass; the schedule by depth fills what is left unset ---
 def schedule_for(layers: int) -> dict:
-    """The default peak learning rate, warm-up and budget at `layers` layers. Deeper than 48 layers the
-    largest rate at which Admin trains falls about one √2 step per doubling of depth (the rule map,
-    tutorial.md Section 12), so the peak falls as √(48/layers), a step under that edge, with 100
-    warm-up steps of 400 (deep models need more steps to learn)."""
+    """Peak lr, warm-up, steps. Deeper than 48 layers Admin's largest stable rate falls about √2 per
+    doubling of depth (tutorial.md Section 12), so the peak falls as √(48/layers), a step under it."""
     if layers <= SHALLOW:
         return {"lr": 2e-3, "warmup": 50, "steps": 200}
     # to 3 figures: 96, 192 and 384 layers land on rungs of the lab's learning-rate ladder
@@ -70,9 +59,7 @@ def schedule_for(layers: int) -> dict:
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
-    """How each arm is trained, in the order the configuration line shows it. lr, warmup and steps
-    left None are taken from schedule_for(layers); `schedule` then says so (deeper than 48 layers)."""
-
+    """How each arm is trained, in the configuration line's order; lr, warmup, steps left None: by depth."""
     layers: int = 48
     arms: list = field(default_factory=lambda: ["vanilla", "admin"])
     steps: int | None = None  # the training budget of each arm
@@ -100,51 +87,43 @@ class TrainConfig:
                 f"{k} {v:g}" for k, v in chosen.items()) + f" ({LR_RULE}; the rule map, tutorial.md Section 12)")
 
 
-def configuration_line(settings: dict) -> str:
-    return "configuration: " + ", ".join(f"{k}={v}" for k, v in settings.items())
-
-
 def available_devices() -> list[str]:
     return ["cpu"] + ["cuda"] * torch.cuda.is_available() + ["mps"] * torch.backends.mps.is_available()
 
 
-def device_name(device: str) -> str:
-    """The device as the configuration line reports it: cpu, or e.g. cuda (NVIDIA H100 80GB HBM3)."""
+def device_name(device: str) -> str:  # cpu, or e.g. cuda (NVIDIA H100 80GB HBM3)
     return f"cuda ({torch.cuda.get_device_name(device)})" if device == "cuda" else device
 
 
 def configuration(cfg: TrainConfig) -> dict:
     """The settings as the first line of output and --json's "config" show them, with the machine."""
     shown = {k: v for k, v in asdict(cfg).items() if not (k == "schedule" and v is None)}
-    return shown | dict(device=device_name(cfg.device), threads=cfg.threads, torch=torch.__version__)
+    return shown | dict(device=device_name(cfg.device), torch=torch.__version__)
 
 
-# ---------------------------------------------------------------------------------------------------
-# The command line: every bad value is argparse's exit 2, naming the flag and what it allows
-# ---------------------------------------------------------------------------------------------------
-
-LEAST = dict(layers=1, steps=1, warmup=0, eval_every=1, batch_size=1, d_model=1, n_heads=1, seed=0, threads=1)
+def configuration_line(settings: dict) -> str:
+    return "configuration: " + ", ".join(f"{k}={v}" for k, v in settings.items())
 
 
+# --- The command line: every bad value is argparse's exit 2, naming the flag and what it allows ---
 class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
     """--help shows each default, except those the depth sets (None until TrainConfig)."""
-
     def _get_help_string(self, action):
         return action.help if action.default is None else super()._get_help_string(action)
 
 
 def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     d, shallow = TrainConfig(), schedule_for(SHALLOW)
-    by_depth = lambda name: f"default: {shallow[name]:g} up to {SHALLOW} layers, deeper by depth"  # noqa: E731
     p = argparse.ArgumentParser(description="Vanilla Post-LN vs Admin on a toy sequence task.", add_help=add_help,
                                 formatter_class=DefaultsHelp)
     p.add_argument("--layers", type=int, default=d.layers, help=f"Transformer layers, 2 sub-layers each; "
                    f"deeper than {SHALLOW}: {LR_RULE}, warmup 100, steps 400")
     p.add_argument("--arms", type=lambda text: text.split(","), default=d.arms,
                    help=f"comma-separated residual kinds to compare, from {', '.join(ARMS)}")
-    p.add_argument("--steps", type=int, help=f"training budget per arm ({by_depth('steps')})")
-    p.add_argument("--lr", type=float, help=f"peak Adam learning rate ({by_depth('lr')})")
-    p.add_argument("--warmup", type=int, help=f"linear warm-up steps to --lr ({by_depth('warmup')})")
+    for name, kind, text in (("steps", int, "training budget per arm"), ("lr", float, "peak Adam learning rate"),
+                             ("warmup", int, "linear warm-up steps to --lr")):
+        p.add_argument(f"--{name}", type=kind, help=f"{text} (default: {shallow[name]:g} up to {SHALLOW} layers, "
+                       "deeper by depth)")
     p.add_argument("--omega", choices=("closed", "profiled"), default=d.omega,
                    help="admin arm: ω from the closed form, or profiled on the first batch (the paper)")
     p.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between evaluations")
@@ -177,18 +156,15 @@ def finish(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Nam
     for name, low in LEAST.items():
         if isinstance(getattr(args, name, None), int) and getattr(args, name) < low:
             p.error(f"argument --{name.replace('_', '-')}: must be a whole number >= {low}, got {getattr(args, name)}")
-    lr = getattr(args, "lr", None)
+    lr, found = getattr(args, "lr", None), available_devices()
     if isinstance(lr, float) and not (math.isfinite(lr) and lr > 0):
         p.error(f"argument --lr: must be a positive number, got {lr}")
-    found = available_devices()
     if args.device not in found + ["auto"]:
         p.error(f"argument --device: {args.device} is not available on this machine (available: {', '.join(found)})")
-    if args.device == "auto":
-        args.device = next(d for d in ("cuda", "mps", "cpu") if d in found)
+    args.device = next(d for d in ("cuda", "mps", "cpu") if d in found) if args.device == "auto" else args.device
     if args.d_model % args.n_heads:
         p.error(f"argument --n-heads: must divide --d-model={args.d_model}, got {args.n_heads}")
-    for flag in ("--json", "--plot"):
-        path = getattr(args, flag[2:], None)
+    for flag, path in (("--json", getattr(args, "json", None)), ("--plot", getattr(args, "plot", None))):
         if path and (os.path.isdir(path) or not os.access(os.path.dirname(os.path.abspath(path)), os.W_OK)):
             p.error(f"argument {flag}: cannot write to {path!r} (need a writable file path)")
     return args
@@ -206,29 +182,22 @@ def parse_command_line(argv: list[str] | None = None) -> tuple[argparse.Namespac
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    """The training configuration that the command line asks for."""
     return parse_command_line(argv)[1]
 
 
 def start(cfg) -> None:
-    """torch's threads, and subnormal floats flushed to zero on the CPU: a stuck deep model's vanishing
-    gradients turn subnormal, which slows every CPU step severalfold."""
+    """torch's threads; subnormals flushed to zero (a stuck deep model's gradients, slow on the CPU)."""
     torch.set_num_threads(cfg.threads)
     torch.set_flush_denormal(True)
 
 
-# ---------------------------------------------------------------------------------------------------
-# The task and its data
-# ---------------------------------------------------------------------------------------------------
-
-
+# --- The task and its data ---
 def digit_strings(n: int, digits: int, gen: torch.Generator) -> torch.Tensor:
     return torch.randint(10, (n, digits), generator=gen)  # (n, digits)
 
 
-def string_codes(strings: torch.Tensor) -> torch.Tensor:
-    """Each digit string as one integer, for set membership (digits <= 16 fits in int64)."""
-    return (strings * 10 ** torch.arange(strings.size(1))).sum(1)  # arange of ints: int64
+def string_codes(strings: torch.Tensor) -> torch.Tensor:  # one int64 per string, for set membership
+    return (strings * 10 ** torch.arange(strings.size(1))).sum(1)  # digits <= 16 fit in int64
 
 
 def to_example(strings: torch.Tensor, task: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -241,9 +210,7 @@ def to_example(strings: torch.Tensor, task: str) -> tuple[torch.Tensor, torch.Te
 
 
 class ToyData:
-    """A fixed held-out set, and training batches that never contain a held-out string. Every call of
-    batches() replays the same stream, so every arm trains on the same batches."""
-
+    """A fixed held-out set, and training batches without a held-out string; every arm gets the same."""
     def __init__(self, task: str, digits: int, seed: int, device: str = "cpu"):
         self.task, self.digits, self.device = task, digits, device
         gen = torch.Generator().manual_seed(seed)
@@ -267,13 +234,8 @@ class ToyData:
             yield tuple(t.to(self.device) for t in to_example(strings, self.task))
 
 
-# ---------------------------------------------------------------------------------------------------
-# The model of one arm, its training step, the held-out evaluation
-# ---------------------------------------------------------------------------------------------------
-
-
+# --- The model of one arm (weights drawn from cfg.seed: the same for every arm), its step, its evaluation ---
 def make_model(arm: str, cfg: TrainConfig) -> admin.PostLNTransformer:
-    """The demo's model of `arm`, its weights drawn from cfg.seed (the same for every arm)."""
     torch.manual_seed(cfg.seed)
     model_config = admin.TransformerConfig(
         vocab_size=VOCAB, max_len=2 * cfg.digits, d_model=cfg.d_model, n_heads=cfg.n_heads,
@@ -282,12 +244,11 @@ def make_model(arm: str, cfg: TrainConfig) -> admin.PostLNTransformer:
 
 
 def loss_of(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=IGNORE)  # answer only
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=IGNORE)
 
 
 def lr_factor(step: int, warmup: int, steps: int) -> float:
-    """The learning rate at `step` as a fraction of the peak: linear warm-up over `warmup` steps, then
-    linear decay to zero at the end of the budget (0 warm-up steps: start at the peak)."""
+    """lr / peak at `step`: linear warm-up (none for 0), then linear decay to zero at the end."""
     if step < warmup:
         return (step + 1) / warmup
     return max(0.0, (steps - step) / max(1, steps - warmup))
@@ -319,11 +280,7 @@ def evaluate(model, data: ToyData) -> tuple[float, float, torch.Tensor]:
     return loss_of(logits, data.eval_target).item(), exact.item(), pred
 
 
-# ---------------------------------------------------------------------------------------------------
-# Training one arm: the loop, and what it returns
-# ---------------------------------------------------------------------------------------------------
-
-
+# --- Training one arm: the loop, and what it returns ---
 @dataclass
 class ArmResult:
     arm: str
@@ -362,20 +319,17 @@ def eval_line(arm: str, step: int, loss: float, accuracy: float, seconds: float)
     return f"  {arm:<8} step {step:>5}  loss {loss:7.4f}  acc {100 * accuracy:6.2f}%  {seconds:6.1f}s"
 
 
-def diverged_line(r: ArmResult) -> str:
-    return f"  {r.arm} diverged at step {r.diverged_at}; last finite loss {r.last_finite_loss}"
-
-
-def interrupted_line(r: ArmResult) -> str:
+def stop_line(r: ArmResult) -> str:  # an arm that ended early: diverged, or interrupted
+    if r.diverged_at is not None:
+        return f"  {r.arm} diverged at step {r.diverged_at}; last finite loss {r.last_finite_loss}"
     return f"  {r.arm} interrupted at step {r.steps}"
 
 
 def train_arm(arm: str, cfg: TrainConfig, data: ToyData, log, *, model=None, watch=None,
               until_solved: bool = True, new_step=make_step) -> ArmResult:
-    """Train `model` (default: make_model(arm, cfg)) for cfg.steps steps, evaluating every cfg.eval_every;
-    stop at a non-finite loss, or (until_solved) once it held 99% for 3 evaluations. watch(i, model),
-    if given, sees the model after each i steps (the lab records runs through it); new_step(model, cfg)
-    makes the training step (the lab's CUDA-graph step is another)."""
+    """Train `model` (default: make_model(arm, cfg)) for cfg.steps, evaluating every cfg.eval_every; stop
+    at a non-finite loss or (until_solved) after 3 evaluations at 99%. The lab's hooks: watch(i, model)
+    sees the model after i steps; new_step(model, cfg) makes the step (make_step, or a CUDA graph)."""
     r = ArmResult(arm, model=make_model(arm, cfg) if model is None else model)
     if arm == "admin" and cfg.omega == "profiled":  # the paper's ω, from one pass over the first batch
         admin.profile_omega(r.model, next(data.batches(cfg.batch_size))[0])
@@ -399,24 +353,20 @@ def train_arm(arm: str, cfg: TrainConfig, data: ToyData, log, *, model=None, wat
             r.step_times.append(time.perf_counter() - t0)  # .item() waited for the device
             if not math.isfinite(loss):
                 r.diverged_at = i
-                log(diverged_line(r))
                 break
             r.last_finite_loss, r.steps = loss, i + 1
     except KeyboardInterrupt:
         r.interrupted = True
-        log(interrupted_line(r))
     r.seconds = time.perf_counter() - start
     r.step_ms = 1000 * statistics.median(r.step_times) if r.step_times else float("nan")
-    if r.diverged_at is None and not r.interrupted:  # the loop ended on an evaluation: pred
+    if r.diverged_at is not None or r.interrupted:
+        log(stop_line(r))
+    else:  # the loop ended on an evaluation: pred
         r.examples = [describe(data.eval_input[k], data.eval_target[k], pred[k], cfg.task) for k in range(3)]
     return r
 
 
-# ---------------------------------------------------------------------------------------------------
-# The run: every arm, the fold of the trained Admin model, the summary and what to conclude
-# ---------------------------------------------------------------------------------------------------
-
-
+# --- The run: every arm, the fold of the trained Admin model, the summary and what to conclude ---
 def arm_title(arm: str, cfg: TrainConfig) -> str:
     omega = (f"ω = {admin.calculate_init(2 * cfg.layers, cfg.output_change_scale):.3f}"
              if cfg.omega == "closed" else "ω profiled on the first batch")
@@ -434,8 +384,7 @@ def fold_error(model: admin.PostLNTransformer, inp: torch.Tensor) -> float:
 
 
 def run(cfg: TrainConfig, log, new_step=make_step) -> tuple[list[ArmResult], float | None]:
-    """Train every arm on the same data; return the results and the fold error of the trained Admin
-    model (None without one)."""
+    """Train every arm on the same data; return the results and the trained Admin model's fold error."""
     results, data = [], ToyData(cfg.task, cfg.digits, cfg.seed, cfg.device)
     for arm in cfg.arms:
         log(arm_title(arm, cfg))
@@ -507,31 +456,14 @@ def the_end(results: list[ArmResult], folded: float | None, cfg: TrainConfig, se
     return "\n".join(parts + ["\n" + conclusion(results, cfg)]) + f"  ({seconds:.1f}s in all)"
 
 
-def result_json(r: ArmResult) -> dict:
-    return {"final_loss": r.final_loss, "accuracy": r.accuracy, "diverged": r.diverged_at is not None,
-            "diverged_at": r.diverged_at, "verdict": r.verdict, "steps": r.steps, "seconds": r.seconds,
-            "train_ms_per_step": r.step_ms, "interrupted": r.interrupted, "history": r.history,
-            "examples": r.examples, "eval_seconds": r.eval_seconds, "last_finite_loss": r.last_finite_loss}
-
-
-def pyplot():
-    """matplotlib.pyplot, drawing to files only, or None where matplotlib (optional) is missing."""
+def plot_curves(path: str, results: list[ArmResult], cfg: TrainConfig) -> str:
+    """The held-out loss curves as a PNG at `path`, and the line that says so (or how to get it)."""
     try:
         import matplotlib
-    except ImportError:
-        return None
-    matplotlib.use("Agg")
+    except ImportError:  # optional: the text plot shows the same curves
+        return f"no figure at {path}: drawing it needs matplotlib, which is optional (pip install matplotlib)"
+    matplotlib.use("Agg")  # to files only
     import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_curves(path: str, results: list[ArmResult], cfg: TrainConfig) -> str:
-    """The held-out loss curves as a PNG at `path`, and the line that says so. matplotlib is optional:
-    without it, the line says how to get the figure (the text plot above shows the same curves)."""
-    plt = pyplot()
-    if plt is None:
-        return no_figure(path)
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
     for r in results:
         ax.plot([h[0] for h in r.history], [h[1] for h in r.history], label=f"{r.arm}: {r.verdict}")
@@ -545,10 +477,6 @@ def plot_curves(path: str, results: list[ArmResult], cfg: TrainConfig) -> str:
     return f"wrote {path}"
 
 
-def no_figure(path: str) -> str:
-    return f"no figure at {path}: drawing it needs matplotlib, which is optional (pip install matplotlib)"
-
-
 def main(argv: list[str] | None = None, new_step=make_step) -> dict:
     """Run the demo as the command line asks; return what --json writes."""
     args, cfg = parse_command_line(argv)
@@ -559,7 +487,12 @@ def main(argv: list[str] | None = None, new_step=make_step) -> dict:
     t0 = time.perf_counter()
     results, folded = run(cfg, log, new_step)
     log(the_end(results, folded, cfg, time.perf_counter() - t0))
-    out = {"config": settings, "arms": {r.arm: result_json(r) for r in results}, "fold_error": folded}
+    arms = {r.arm: {"final_loss": r.final_loss, "accuracy": r.accuracy, "diverged": r.diverged_at is not None,
+                    "diverged_at": r.diverged_at, "verdict": r.verdict, "steps": r.steps, "seconds": r.seconds,
+                    "train_ms_per_step": r.step_ms, "interrupted": r.interrupted, "history": r.history,
+                    "examples": r.examples, "eval_seconds": r.eval_seconds, "last_finite_loss": r.last_finite_loss}
+            for r in results}
+    out = {"config": settings, "arms": arms, "fold_error": folded}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)

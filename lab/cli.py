@@ -117,13 +117,20 @@ def write_outputs(args: argparse.Namespace, out: dict, plot: Callable[[str], Non
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)
     if getattr(args, "plot", None):  # a script with no --plot flag has none
-        if train_toy.pyplot() is None:
-            log(train_toy.no_figure(args.plot))
+        if pyplot() is None:
+            log(f"no figure at {args.plot}: drawing it needs matplotlib, which is optional (pip install matplotlib)")
         else:
             plot(args.plot)
             log(f"wrote {args.plot}")
 
 
 def pyplot():
-    """matplotlib.pyplot on the file-only Agg backend (the caller has made sure it is there)."""
-    return train_toy.pyplot()
+    """matplotlib.pyplot, drawing to files only, or None where matplotlib (optional) is missing."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

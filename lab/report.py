@@ -9,7 +9,7 @@ from train_toy import ArmResult, TrainConfig
 
 
 def arm_result(arm: str, r: dict) -> ArmResult:
-    """The ArmResult that train_toy.result_json wrote (older files: no times of evaluations)."""
+    """The ArmResult whose JSON train_toy.main wrote (older files: no times of evaluations)."""
     return ArmResult(arm, r["history"], r["steps"], r["diverged_at"], r.get("last_finite_loss"), r["seconds"],
                      r["train_ms_per_step"], r["examples"], r["interrupted"],
                      eval_seconds=r.get("eval_seconds", [0.0] * len(r["history"])))
@@ -22,6 +22,5 @@ def render(cfg: TrainConfig, results: list[ArmResult], folded: float | None, sec
     for r in results:
         lines += [train_toy.arm_title(r.arm, cfg)]
         lines += [train_toy.eval_line(r.arm, *h, t) for h, t in zip(r.history, r.eval_seconds)]
-        lines += [train_toy.diverged_line(r)] if r.diverged_at is not None else []
-        lines += [train_toy.interrupted_line(r)] if r.interrupted else []
+        lines += [train_toy.stop_line(r)] if r.diverged_at is not None or r.interrupted else []
     return "\n".join(lines + [train_toy.the_end(results, folded, cfg, seconds)])
