@@ -42,7 +42,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from hypothesis import assume, given
+from hypothesis import assume, example, given
 from hypothesis import strategies as st
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -284,7 +284,8 @@ def test_deepnorm_constants_are_deepnets_decoder_only_formulas():
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5, -2.0, float("nan"), float("inf"), "12", None, True])
 def test_calculate_init_rejects_bad_layer_counts(bad):
-    refusal(lambda: admin.calculate_init(bad), f"num_res_layers={bad!r}", ">= 1")
+    """The error names the bad value, what is allowed, and how to count: sub-layers, 2 * n_layers."""
+    refusal(lambda: admin.calculate_init(bad), f"num_res_layers={bad!r}", ">= 1", "2 * n_layers")
 
 
 def test_calculate_init_rejects_unknown_scale():
@@ -1264,6 +1265,10 @@ def composite_path():
 @given(seed=st.integers(0, 2**16), B=st.integers(1, 3), T=st.integers(1, 5), batch_first=st.booleans(),
        activation=st.sampled_from(sorted(ACTIVATIONS)), heads=st.sampled_from([1, 2]), mask=MASKS,
        padding=PADDINGS, mode=MODES, dropout=st.sampled_from([0.0, 0.3]))
+# always: a float src_mask beside a bool padding mask, which torch's layer converts to float before
+# attention (a layer that passes it on as bool gets MultiheadAttention's mismatched-masks warning)
+@example(seed=0, B=2, T=3, batch_first=True, activation="relu", heads=2, mask="float", padding="bool",
+         mode="eval", dropout=0.0)
 def test_encoder_layer_is_torchs_layer(seed, B, T, batch_first, activation, heads, mask, padding, mode, dropout):
     torch.manual_seed(seed)
     ours, theirs = pair("encoder", heads, dropout=dropout, batch_first=batch_first,
@@ -1614,6 +1619,20 @@ def test_fold_reads_rmsnorms_keyword_calls_and_separate_q_k_v_weights():
                                                                (q, k, v), strict=True)] == [
         (True, f"a.in_proj_weight[0:{C}]"), (True, f"a.in_proj_weight[{C}:{2 * C}]"),
         (True, f"a.in_proj_weight[{2 * C}:{3 * C}]")]
+
+
+def test_a_trace_leaves_no_hook_behind():
+    """fold_plan hooks the norms, the readers and the residuals for one pass and removes every hook
+    after it: a hook left behind would record every later pass of the model (and keep its tensors)."""
+    torch.manual_seed(0)
+    model, x, memory = Unusual(), torch.randn(2, 3, C), torch.randn(2, 5, 6)
+    hooks = lambda: [(name, len(m._forward_hooks), len(m._forward_pre_hooks))  # noqa: E731
+                     for name, m in model.named_modules()]
+    before = hooks()
+    admin.fold_plan(model, x, memory)
+    assert hooks() == before
+    admin.profile_omega(model, x, memory)
+    assert hooks() == before
 
 
 def test_q_k_and_v_read_by_one_input_are_one_weight_in_the_plan():
@@ -2185,7 +2204,8 @@ def test_a_stock_model_that_ties_again_at_load_is_caught():
     with pytest.raises(ValueError) as refusal:
         admin.fold(model, *inputs, embeddings=model.embeddings())
     message = str(refusal.value)
-    assert "src_tok.weight, tgt_tok.weight, head.weight are one tensor" in message and "fixed_first" in message
+    assert "src_tok.weight, tgt_tok.weight, head.weight are one tensor" in message
+    assert "fixed_first=True" in message  # the other way out, named as it is passed
     fixes = [line.strip() for line in message.splitlines() if line.startswith("    model.")]
     assert fixes == ["model.tgt_tok.weight = nn.Parameter(model.src_tok.weight.detach().clone())",
                      "model.head.weight = nn.Parameter(model.src_tok.weight.detach().clone())"]
@@ -2199,6 +2219,23 @@ def test_a_stock_model_that_ties_again_at_load_is_caught():
                                          r"\d.*allowed.*tied.*fixed_first=True"):
         folded.load_into(InlineSeq2Seq(tied=True).double())
     folded.load_into(InlineSeq2Seq(tied=False).double())
+
+
+def test_a_tie_between_layers_is_refused_by_name_with_lines_that_run():
+    """A weight shared by two layers (as weight-shared models do), behind untied tables: the refusal
+    names the tied tensors, not the tables the plan meets first, and its untie lines index the
+    nn.ModuleList as Python does (model.decoder[1]), so they run as given and the fold goes through."""
+    model = admin_seq2seq()
+    model.decoder[1].fc1.weight = model.decoder[0].fc1.weight
+    inputs = batch(0)
+    with pytest.raises(ValueError) as refusal:
+        admin.fold(model, *inputs, embeddings=model.embeddings())
+    message = str(refusal.value)
+    assert "decoder.0.fc1.weight, decoder.1.fc1.weight are one tensor" in message
+    fixes = [line.strip() for line in message.splitlines() if line.startswith("    model")]
+    assert fixes == ["model.decoder[1].fc1.weight = nn.Parameter(model.decoder[0].fc1.weight.detach().clone())"]
+    exec(fixes[0], {"model": model, "nn": nn})
+    assert admin.fold(model, *inputs, embeddings=model.embeddings()).change <= admin.FOLD_BOUND
 
 
 def test_fixed_first_needs_no_embeddings_and_loads_into_a_tied_model():
@@ -2228,6 +2265,17 @@ def test_a_regenerated_position_table_is_refused_and_fixed_first_keeps_it_right(
     want = outputs(copy.deepcopy(model), *long)  # the copy rebuilds its own table
     stock = admin.fold(model, *batch(0)).load_into(InlineSeq2Seq(positions=RegeneratedPositions).double())
     assert rel_err(outputs(stock, *long), want) < 1e-12, "rebuilt table: the stock model moved"
+
+
+def test_a_regenerated_table_further_down_is_refused_too():
+    """FSMT's table sits two modules down (model.encoder.embed_positions.weight): fold looks at the
+    module that owns the table, however deep, not at the model's child that holds it."""
+    model = admin_seq2seq(positions=lambda: nn.Sequential(RegeneratedPositions()))
+    tables = {model.encoder: [model.src_tok.weight, model.src_pos[0].weight],
+              model.decoder: [model.tgt_tok.weight, model.tgt_pos[0].weight]}
+    with pytest.raises(ValueError, match="a RegeneratedPositions reads 'src_pos.0.weight' with a forward of its "
+                                         "own.*fixed_first=True"):
+        admin.fold(model, *batch(0), embeddings=tables)
 
 
 # ---------------------------------------------------------------------------------------------------
