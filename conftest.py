@@ -2,16 +2,21 @@
 
     python -m pytest                                   # "suite": 20 examples a property, a few seconds
     python -m pytest --hypothesis-profile=thorough     # 10x the examples, once in a while
+    python -m pytest --hypothesis-profile=mutation     # as "suite", a failure not shrunk (.ci/mutation)
 
-No example database in either: a run never replays what an earlier run left behind in .hypothesis/,
+No example database in any: a run never replays what an earlier run left behind in .hypothesis/,
 so a fresh checkout and a used one run the same tests (a failing example is printed with its seed,
 and `--hypothesis-seed=N` reproduces it).
 """
 
-from hypothesis import settings
+from hypothesis import Phase, settings
 
 settings.register_profile("suite", max_examples=20, deadline=None, database=None)
 settings.register_profile("thorough", settings.get_profile("suite"), max_examples=200)
+# .ci/mutation's: the suite's examples, a failure not shrunk (a mutant is killed by the first failing
+# example; shrinking it can outlast mutmut's timeout, which would leave the mutant without a verdict)
+settings.register_profile("mutation", settings.get_profile("suite"),
+                          phases=[Phase.explicit, Phase.reuse, Phase.generate])
 settings.load_profile("suite")  # --hypothesis-profile, read after this file, takes precedence
 
 

@@ -6,7 +6,8 @@ A mutant that survives is a missing test, unless it is equivalent: listed by nam
 .ci/mutation-equivalents, or found here to reword a message. A reworded message is equivalent for the
 reader: the tests check what an error names (the bad value, what is allowed), not its words. Found
 here, not listed by hand: the mutant changes only string literals with a space in them (prose, not a
-name or a key), each inside a `raise` or in a function whose text only ever goes into one (MESSAGES),
+name or a key), each inside a `raise`, or in a function whose text only ever goes into one (MESSAGES) or
+the arguments of one (MESSAGE_CALLS),
 and only by mutmut's XX…XX around one or by the case of its plain words (a case change in a name of code,
 e.g. fixed_first=True, names a wrong fix: not a rewording). Exit 0 only when every other mutant is killed.
 """
@@ -18,14 +19,18 @@ import sys
 from pathlib import Path
 
 MESSAGES = {"x_called_twice_message", "x_first_bad_step"}  # admin.py: their strings end up in a raise
+MESSAGE_CALLS = {"whole_number", "called_twice_message"}  # admin.py: their string arguments too
 
 
 def prose_of(function: ast.FunctionDef, whole: bool) -> tuple[str, list[str]]:
-    """The function's tree, its name left out, with every prose string of a message blanked (those
-    inside a `raise`, or all of them where `whole`: a function of MESSAGES), and those strings in order."""
+    """The function's tree, its name left out, with every prose string of a message blanked (those in a
+    `raise` or a call of MESSAGE_CALLS, or all of them where `whole`: a function of MESSAGES), and those
+    strings in order."""
     function = ast.parse(ast.unparse(function)).body[0]  # a copy
     function.name, prose = "", []
-    for root in [function] if whole else [n for n in ast.walk(function) if isinstance(n, ast.Raise)]:
+    roots = [function] if whole else [n for n in ast.walk(function) if isinstance(n, ast.Raise) or (
+        isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in MESSAGE_CALLS)]
+    for root in roots:
         for node in ast.walk(root):
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and " " in node.value:
                 prose.append(node.value)
@@ -78,8 +83,9 @@ def main(patterns: list[str]) -> int:
                                 if isinstance(n, ast.FunctionDef) and "__mutmut_" in n.name}
     killed = sorted(n for n, c in status.items() if c in (1, 3))
     survived = sorted(n for n, c in status.items() if c in (0, 5, 33))  # no test ran it: nothing checks it
-    other = sorted(n for n in status if n not in killed and n not in survived)  # timeouts, crashes
-    reworded = [n for n in survived if n not in equivalent and rewords_a_message(n, functions)]
+    # a reworded message is equivalent whatever its verdict, a timeout too (a survivor runs every test)
+    reworded = [n for n in status if n not in killed and n not in equivalent and rewords_a_message(n, functions)]
+    other = sorted(n for n in status if n not in killed and n not in survived and n not in reworded)  # timeouts
     missing = [n for n in survived if n not in equivalent and n not in reworded]
     listed = [n for n in survived if n in equivalent]
     stale = sorted(n for n in equivalent if n in killed)
