@@ -53,6 +53,18 @@ BATCH, LENGTH, STEPS, MASK_ID = 8, 16, 20, 1  # token 0 pads, 1 masks, 2..VOCAB-
 FLOAT32_BOUND = 1e-5  # a float32 logit gap no correct load reaches (relative; measured 2.5e-7)
 
 
+class Claims:
+    """claim(ok, what) prints whether a claim held; claim.failed lists those that did not."""
+
+    def __init__(self):
+        self.failed: list[str] = []
+
+    def __call__(self, ok: bool, what: str) -> None:
+        print(f"  {'ok' if ok else 'FAILED'}: {what}")
+        if not ok:
+            self.failed.append(what)
+
+
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs().max() / b.abs().max()).item()
 
@@ -71,13 +83,7 @@ def masked_lm_batch(generator: torch.Generator) -> tuple[torch.Tensor, torch.Ten
 def main() -> int:
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
-    failures = []
-
-    def claim(ok: bool, what: str) -> None:
-        print(f"  {'ok' if ok else 'FAILED'}: {what}")
-        if not ok:
-            failures.append(what)
-
+    claim = Claims()
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
           f"{torch.get_num_threads()} threads")
     config = BertConfig(vocab_size=VOCAB, hidden_size=D_MODEL, num_hidden_layers=LAYERS,
@@ -137,8 +143,8 @@ def main() -> int:
 
     check_unfolded_checkpoint(config, unfolded, admin_logits, input_ids, attention_mask, claim)
 
-    if failures:
-        print(f"FAILED: {len(failures)} claim(s): " + "; ".join(failures))
+    if claim.failed:
+        print(f"FAILED: {len(claim.failed)} claim(s): " + "; ".join(claim.failed))
         return 1
     print(f"Conclusion: BERT round trip passed: ω profiled (≈ 1 at BERT's init), trained, folded, and the "
           f"stock class reproduces the logits to {error:.0e}")

@@ -25,6 +25,8 @@ import transformers
 from transformers import BartConfig, BartForConditionalGeneration, FSMTConfig, FSMTForConditionalGeneration
 
 import admin
+from examples.hf_bert import optimizer_for  # the BERT recipe's: ω without decay
+from examples.hf_bert import Claims, relative_error
 
 # ---------------------------------------------------------------------------------------------------
 # The recipe: what a user writes (everything after it is this example's checks and report)
@@ -32,14 +34,6 @@ import admin
 
 ENCODER_NORMS = ["self_attn_layer_norm", "final_layer_norm"]  # BART's, FSMT's and Marian's names
 DECODER_NORMS = ["self_attn_layer_norm", "encoder_attn_layer_norm", "final_layer_norm"]
-
-
-def optimizer_for(model: torch.nn.Module, lr: float = 1e-3) -> torch.optim.Optimizer:
-    """AdamW with ω in a group of its own without weight decay (decay would pull ω towards 0)."""
-    omegas = admin.omega_parameters(model)
-    others = [p for p in model.parameters() if all(p is not w for w in omegas)]
-    return torch.optim.AdamW([{"params": others, "weight_decay": 0.01},
-                              {"params": omegas, "weight_decay": 0.0}], lr=lr)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -84,10 +78,6 @@ def translation_batch(generator: torch.Generator) -> dict[str, torch.Tensor]:
     return dict(input_ids=src, attention_mask=src_mask, decoder_input_ids=decoder_input_ids,
                 decoder_attention_mask=torch.cat([torch.ones(BATCH, 1, dtype=torch.long), tgt_mask[:, :-1]], 1),
                 labels=tgt.masked_fill(tgt_mask == 0, -100))
-
-
-def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).abs().max() / b.abs().max()).item()
 
 
 def stack_input_variance(model: torch.nn.Module, layers: torch.nn.ModuleList, batch: dict) -> float:
@@ -182,21 +172,15 @@ def fsmt_refusals(spec: Spec, batch: dict, claim) -> None:
 def main() -> int:
     torch.manual_seed(0)
     transformers.logging.set_verbosity_error()
-    failures = []
-
-    def claim(ok: bool, what: str) -> None:
-        print(f"  {'ok' if ok else 'FAILED'}: {what}")
-        if not ok:
-            failures.append(what)
-
+    claim = Claims()
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
           f"{torch.get_num_threads()} threads; batch {BATCH} x {SOURCE} -> {TARGET}, padded in both stacks")
     batch, errors = translation_batch(torch.Generator().manual_seed(0)), {}
     for name, spec in specs().items():
         errors[name] = round_trip(name, spec, batch, claim)
     fsmt_refusals(specs()["FSMT"], batch, claim)
-    if failures:
-        print(f"FAILED: {len(failures)} claim(s): " + "; ".join(failures))
+    if claim.failed:
+        print(f"FAILED: {len(claim.failed)} claim(s): " + "; ".join(claim.failed))
         return 1
     print("\nConclusion: BART and FSMT round trips passed: ω attached with two calls, profiled, trained, "
           "folded, and the stock classes reproduce the logits (" +
