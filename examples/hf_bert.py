@@ -53,6 +53,19 @@ BATCH, LENGTH, STEPS, MASK_ID = 8, 16, 20, 1  # token 0 pads, 1 masks, 2..VOCAB-
 FLOAT32_BOUND = 1e-5  # a float32 logit gap no correct load reaches (relative; measured 2.5e-7)
 
 
+def train(model: torch.nn.Module, steps: int, **batch) -> list[float]:
+    """`steps` AdamW steps on model(**batch).loss with optimizer_for's groups; the losses."""
+    optimizer, losses = optimizer_for(model), []
+    model.train()
+    for _ in range(steps):
+        loss = model(**batch).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
 class Claims:
     """claim(ok, what) prints whether a claim held; claim.failed lists those that did not."""
 
@@ -106,15 +119,7 @@ def main() -> int:
           f"{2 * LAYERS} profiled ω, each within 0.1 of 1: weak branches at BERT's init")
 
     # 4. Train: masked-LM loss, ω trainable, without weight decay
-    optimizer = optimizer_for(model)
-    model.train()
-    losses = []
-    for step in range(STEPS):
-        loss = model(input_ids, attention_mask=attention_mask, labels=labels).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train(model, STEPS, input_ids=input_ids, attention_mask=attention_mask, labels=labels)
     trained = torch.cat([w.detach() for w in admin.omega_parameters(model)])
     print(f"trained {STEPS} AdamW steps: loss {losses[0]:.3f} -> {losses[-1]:.3f}; "
           f"ω now in [{trained.min():.4f}, {trained.max():.4f}]")

@@ -25,7 +25,7 @@ import transformers
 from transformers import BartConfig, BartForConditionalGeneration, FSMTConfig, FSMTForConditionalGeneration
 
 import admin
-from examples.hf_bert import optimizer_for  # the BERT recipe's: ω without decay
+from examples.hf_bert import train  # the BERT recipe's: AdamW, ω without weight decay (optimizer_for)
 from examples.hf_bert import Claims, relative_error
 
 # ---------------------------------------------------------------------------------------------------
@@ -110,14 +110,7 @@ def round_trip(name: str, spec: Spec, batch: dict, claim) -> float:
           f"{5 * LAYERS} profiled ω, each stack's first 1")
 
     # 2. Train: ω trainable, without weight decay
-    optimizer, losses = optimizer_for(model), []
-    model.train()
-    for _ in range(STEPS):
-        loss = model(**batch).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train(model, STEPS, **batch)
     trained = torch.cat([w.detach() for w in admin.omega_parameters(model)])
     print(f"trained {STEPS} AdamW steps: loss {losses[0]:.3f} -> {losses[-1]:.3f}; ω now in "
           f"[{trained.min():.4f}, {trained.max():.4f}]")
