@@ -42,15 +42,14 @@ BETAS = (0.9, 0.98)  # Adam's moment decay rates, as in the paper's recipes
 SOLVED, SOLVED_EVALS = 0.99, 3  # "learned": 99% exact; stop an arm that held it for 3 evaluations
 CHANCE_LOSS = math.log(10)  # cross-entropy of a uniform guess over the ten digits
 FOLD_BOUND = 1e-4  # relative logit error of the fold: float32 rounding gives ~1e-7, a wrong fold ~1e-2
-SHALLOW = 48  # up to this depth the demo trains at 2e-3, 50 warm-up steps of 200; deeper, by the rule
-LR_RULE = f"lr = 2e-3·√({SHALLOW}/layers)"  # schedule_for's deep peak, in words
-LEAST = dict(layers=1, steps=1, warmup=0, eval_every=1, batch_size=1, d_model=1, n_heads=1, seed=0, threads=1)
+SHALLOW = 48  # up to this depth one schedule; deeper, the peak learning rate falls as LR_RULE says
+LR_RULE = f"lr = 2e-3·√({SHALLOW}/layers)"
 
 
 # --- The configuration: one dataclass; the schedule by depth fills what is left unset ---
 def schedule_for(layers: int) -> dict:
     """Peak lr, warm-up, steps. Deeper than 48 layers Admin's largest stable rate falls about √2 per
-    doubling of depth (tutorial.md Section 12), so the peak falls as √(48/layers), a step under it."""
+    doubling of depth (tutorial.md Section 12), so the peak follows LR_RULE, a step under that rate."""
     if layers <= SHALLOW:
         return {"lr": 2e-3, "warmup": 50, "steps": 200}
     # to 3 figures: 96, 192 and 384 layers land on rungs of the lab's learning-rate ladder
@@ -76,7 +75,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     threads: int = 2
-    schedule: str | None = field(default=None, compare=False)  # why, not what: not compared
+    schedule: str | None = field(default=None, compare=False)  # the reason for a deep schedule, if any
 
     def __post_init__(self):
         chosen = {k: v for k, v in schedule_for(self.layers).items() if getattr(self, k) is None}
@@ -113,11 +112,11 @@ class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    d, shallow = TrainConfig(), schedule_for(SHALLOW)
+    d, shallow, deep = TrainConfig(), schedule_for(SHALLOW), schedule_for(SHALLOW + 1)
     p = argparse.ArgumentParser(description="Vanilla Post-LN vs Admin on a toy sequence task.", add_help=add_help,
                                 formatter_class=DefaultsHelp)
-    p.add_argument("--layers", type=int, default=d.layers, help=f"Transformer layers, 2 sub-layers each; "
-                   f"deeper than {SHALLOW}: {LR_RULE}, warmup 100, steps 400")
+    p.add_argument("--layers", type=int, default=d.layers, help=f"Transformer layers, 2 sub-layers each; deeper "
+                   f"than {SHALLOW}: {LR_RULE}, warmup {deep['warmup']}, steps {deep['steps']}")
     p.add_argument("--arms", type=lambda text: text.split(","), default=d.arms,
                    help=f"comma-separated residual kinds to compare, from {', '.join(ARMS)}")
     for name, kind, text in (("steps", int, "training budget per arm"), ("lr", float, "peak Adam learning rate"),
@@ -151,17 +150,23 @@ def add_model_flags(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
+LEAST = dict(layers=1, steps=1, warmup=0, eval_every=1, batch_size=1, d_model=1, n_heads=1, seed=0, threads=1)
+
+
 def finish(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
-    """What argparse alone does not check (exit 2 naming the flag), and --device auto resolved."""
+    """What argparse alone does not check (exit 2 naming the flag; a flag that the parser, a lab script's
+    perhaps, lacks is skipped), and --device auto resolved."""
     for name, low in LEAST.items():
         if isinstance(getattr(args, name, None), int) and getattr(args, name) < low:
             p.error(f"argument --{name.replace('_', '-')}: must be a whole number >= {low}, got {getattr(args, name)}")
-    lr, found = getattr(args, "lr", None), available_devices()
+    lr = getattr(args, "lr", None)
     if isinstance(lr, float) and not (math.isfinite(lr) and lr > 0):
         p.error(f"argument --lr: must be a positive number, got {lr}")
+    found = available_devices()
     if args.device not in found + ["auto"]:
         p.error(f"argument --device: {args.device} is not available on this machine (available: {', '.join(found)})")
-    args.device = next(d for d in ("cuda", "mps", "cpu") if d in found) if args.device == "auto" else args.device
+    if args.device == "auto":  # the first of these the machine has
+        args.device = next(d for d in ("cuda", "mps", "cpu") if d in found)
     if args.d_model % args.n_heads:
         p.error(f"argument --n-heads: must divide --d-model={args.d_model}, got {args.n_heads}")
     for flag, path in (("--json", getattr(args, "json", None)), ("--plot", getattr(args, "plot", None))):
@@ -321,7 +326,7 @@ def eval_line(arm: str, step: int, loss: float, accuracy: float, seconds: float)
 
 def stop_line(r: ArmResult) -> str:  # an arm that ended early: diverged, or interrupted
     if r.diverged_at is not None:
-        return f"  {r.arm} diverged at step {r.diverged_at}; last finite loss {r.last_finite_loss}"
+        return f"  {r.arm} {r.verdict}; last finite loss {r.last_finite_loss}"
     return f"  {r.arm} interrupted at step {r.steps}"
 
 
@@ -334,7 +339,7 @@ def train_arm(arm: str, cfg: TrainConfig, data: ToyData, log, *, model=None, wat
     if arm == "admin" and cfg.omega == "profiled":  # the paper's ω, from one pass over the first batch
         admin.profile_omega(r.model, next(data.batches(cfg.batch_size))[0])
     step, batches = new_step(r.model, cfg), data.batches(cfg.batch_size)
-    start, solved_evals = time.perf_counter(), 0
+    t_start, solved_evals = time.perf_counter(), 0
     try:
         for i in range(cfg.steps + 1):
             if watch is not None:
@@ -342,7 +347,7 @@ def train_arm(arm: str, cfg: TrainConfig, data: ToyData, log, *, model=None, wat
             if i % cfg.eval_every == 0 or i == cfg.steps:
                 held_out_loss, acc, pred = evaluate(r.model, data)
                 r.history.append([i, held_out_loss, acc])
-                r.eval_seconds.append(time.perf_counter() - start)
+                r.eval_seconds.append(time.perf_counter() - t_start)
                 log(eval_line(arm, i, held_out_loss, acc, r.eval_seconds[-1]))
                 solved_evals = solved_evals + 1 if acc >= SOLVED else 0
                 if (until_solved and solved_evals >= SOLVED_EVALS) or i == cfg.steps:
@@ -357,11 +362,11 @@ def train_arm(arm: str, cfg: TrainConfig, data: ToyData, log, *, model=None, wat
             r.last_finite_loss, r.steps = loss, i + 1
     except KeyboardInterrupt:
         r.interrupted = True
-    r.seconds = time.perf_counter() - start
+    r.seconds = time.perf_counter() - t_start
     r.step_ms = 1000 * statistics.median(r.step_times) if r.step_times else float("nan")
     if r.diverged_at is not None or r.interrupted:
         log(stop_line(r))
-    else:  # the loop ended on an evaluation: pred
+    else:  # it ran to its end, an evaluation: pred holds that evaluation's predictions
         r.examples = [describe(data.eval_input[k], data.eval_target[k], pred[k], cfg.task) for k in range(3)]
     return r
 
@@ -391,7 +396,7 @@ def run(cfg: TrainConfig, log, new_step=make_step) -> tuple[list[ArmResult], flo
         results.append(train_arm(arm, cfg, data, log, new_step=new_step))
         if results[-1].interrupted:
             break
-    trained = next((r.model for r in results if r.arm == "admin" and r.examples), None)
+    trained = next((r.model for r in results if r.arm == "admin" and r.examples), None)  # ran to its end
     return results, None if trained is None else fold_error(trained, data.eval_input[: cfg.batch_size])
 
 
