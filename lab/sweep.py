@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[train_toy.build_parser(add_help=False)],
         epilog="The other flags are train_toy's and take one value (python train_toy.py --help).")
     p.add_argument("--arms", type=cli.comma_list(cli.one_of(train_toy.ARMS), "arms"),
-                   help=f"residual kinds, from {', '.join(train_toy.ARMS)} (default: all three)")
+                   help=f"residual kinds, from {', '.join(train_toy.ARMS)} (default: {','.join(DEFAULT_GRID['arms'])})")
     p.add_argument("--layers", type=cli.comma_list(cli.whole(1, 512), "layer counts"),
                    help="depths (default: 6,12,24,48)")
     p.add_argument("--lr", type=cli.comma_list(cli.positive_float, "learning rates"),
@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", action="store_true",
                    help="train nothing: tabulate (and --json, --plot) what --results already holds")
     p.add_argument("--quick", action="store_true",
-                   help="a coarse grid for a class: arms all, layers 6,48, lr 5e-4,2e-3,8e-3, seed 0 "
+                   help=f"a coarse grid for a class: arms {','.join(QUICK_GRID['arms'])}, layers 6,48, lr 5e-4,2e-3,8e-3, seed 0 "
                         "(flags given explicitly still win)")
     p.add_argument("--jobs", type=cli.whole(1), default=1,
                    help="worker processes; runs are independent, so N workers on N free cores finish "
