@@ -1251,7 +1251,6 @@ MASKS = st.sampled_from(["none", "bool", "float", "causal bool", "causal float"]
 PADDINGS = st.sampled_from(["none", "bool", "float"])
 
 
-
 @contextlib.contextmanager
 def composite_path():
     """torch's layers off their fused kernel, on torch's own switch (torch.backends.mha, 2.4 to 2.14)."""
@@ -1261,6 +1260,7 @@ def composite_path():
         yield
     finally:
         torch.backends.mha.set_fastpath_enabled(was)
+
 
 @given(seed=st.integers(0, 2**16), B=st.integers(1, 3), T=st.integers(1, 5), batch_first=st.booleans(),
        activation=st.sampled_from(sorted(ACTIVATIONS)), heads=st.sampled_from([1, 2]), mask=MASKS,

@@ -154,8 +154,8 @@ LEAST = dict(layers=1, steps=1, warmup=0, eval_every=1, batch_size=1, d_model=1,
 
 
 def finish(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
-    """What argparse alone does not check (exit 2 naming the flag; a flag that the parser, a lab script's
-    perhaps, lacks is skipped), and --device auto resolved."""
+    """What argparse alone does not check (exit 2 naming the flag), and --device auto resolved. A flag
+    the parser lacks (a lab script's parser lacks some) is skipped."""
     for name, low in LEAST.items():
         if isinstance(getattr(args, name, None), int) and getattr(args, name) < low:
             p.error(f"argument --{name.replace('_', '-')}: must be a whole number >= {low}, got {getattr(args, name)}")
@@ -461,14 +461,26 @@ def the_end(results: list[ArmResult], folded: float | None, cfg: TrainConfig, se
     return "\n".join(parts + ["\n" + conclusion(results, cfg)]) + f"  ({seconds:.1f}s in all)"
 
 
-def plot_curves(path: str, results: list[ArmResult], cfg: TrainConfig) -> str:
-    """The held-out loss curves as a PNG at `path`, and the line that says so (or how to get it)."""
+def pyplot():
+    """matplotlib.pyplot, drawing to files only, or None where matplotlib (optional) is missing."""
     try:
         import matplotlib
-    except ImportError:  # optional: the text plot shows the same curves
-        return f"no figure at {path}: drawing it needs matplotlib, which is optional (pip install matplotlib)"
-    matplotlib.use("Agg")  # to files only
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
+
+
+def no_figure(path: str) -> str:  # the text plot shows the same curves
+    return f"no figure at {path}: drawing it needs matplotlib, which is optional (pip install matplotlib)"
+
+
+def plot_curves(path: str, results: list[ArmResult], cfg: TrainConfig) -> str:
+    """The held-out loss curves as a PNG at `path`, and the line that says so (or how to get it)."""
+    plt = pyplot()
+    if plt is None:
+        return no_figure(path)
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
     for r in results:
         ax.plot([h[0] for h in r.history], [h[1] for h in r.history], label=f"{r.arm}: {r.verdict}")

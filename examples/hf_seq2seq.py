@@ -25,8 +25,7 @@ import transformers
 from transformers import BartConfig, BartForConditionalGeneration, FSMTConfig, FSMTForConditionalGeneration
 
 import admin
-from examples.hf_bert import train  # the BERT recipe's: AdamW, ω without weight decay (optimizer_for)
-from examples.hf_bert import Claims, relative_error
+from examples.hf_bert import Claims, relative_error, train  # train: the BERT recipe's AdamW, ω without decay
 
 # ---------------------------------------------------------------------------------------------------
 # The recipe: what a user writes (everything after it is this example's checks and report)

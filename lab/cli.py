@@ -15,7 +15,7 @@ import torch
 
 import train_toy
 from train_toy import (add_model_flags, available_devices, configuration_line, device_name,  # noqa: F401
-                       start)  # the lab's, through this file
+                       pyplot, start)  # the lab's, through this file
 
 TASKS = ("reverse", "copy")  # train_toy's tasks
 
@@ -118,19 +118,7 @@ def write_outputs(args: argparse.Namespace, out: dict, plot: Callable[[str], Non
             json.dump(out, f, indent=1)
     if getattr(args, "plot", None):  # a script with no --plot flag has none
         if pyplot() is None:
-            log(f"no figure at {args.plot}: drawing it needs matplotlib, which is optional (pip install matplotlib)")
+            log(train_toy.no_figure(args.plot))
         else:
             plot(args.plot)
             log(f"wrote {args.plot}")
-
-
-def pyplot():
-    """matplotlib.pyplot, drawing to files only, or None where matplotlib (optional) is missing."""
-    try:
-        import matplotlib
-    except ImportError:
-        return None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt

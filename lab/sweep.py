@@ -106,8 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", action="store_true",
                    help="train nothing: tabulate (and --json, --plot) what --results already holds")
     p.add_argument("--quick", action="store_true",
-                   help=f"a coarse grid for a class: arms {','.join(QUICK_GRID['arms'])}, layers 6,48, lr 5e-4,2e-3,8e-3, seed 0 "
-                        "(flags given explicitly still win)")
+                   help=f"a coarse grid for a class: arms {','.join(QUICK_GRID['arms'])}, layers 6,48, "
+                        "lr 5e-4,2e-3,8e-3, seed 0 (flags given explicitly still win)")
     p.add_argument("--jobs", type=cli.whole(1), default=1,
                    help="worker processes; runs are independent, so N workers on N free cores finish "
                         "about N times sooner (one run with 2 threads already fills 2 cores; runs that "
